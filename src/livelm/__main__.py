@@ -1,0 +1,5 @@
+import sys
+
+from livelm.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The `livelm` command line."""

@@ -1,0 +1,105 @@
+"""Learner configuration and the registry of named strategies.
+
+A strategy is a frozen, validated `LearnerConfig`; `replay --strategy a,b` looks names up here,
+and the config is written into reports (and, later, beside every snapshot) as sorted JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Update = Literal["none", "full", "lora"]
+Optimizer = Literal["sgd", "adamw"]
+Precision = Literal["auto", "bf16", "fp32"]
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    """How one learner scores and updates.
+
+    A step takes up to `max_docs_per_step` documents; its forward/backward passes run in
+    micro-batches of at most `token_budget` padded tokens whose gradients accumulate into one
+    update. The loss is the token-weighted mean cross-entropy over the step.
+    """
+
+    update: Update = "lora"
+    optimizer: Optimizer = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 10
+    clip_norm: float | None = 1.0
+    precision: Precision = "auto"
+    max_docs_per_step: int = 8
+    token_budget: int = 2048
+    max_tokens: int = 1024  # chunk length, boundary token included
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = ("all-linear",)  # PEFT's every-linear-but-the-head
+    lora_last_layers: int | None = None  # adapt only the top N blocks (None: all)
+    attention: Literal["auto", "eager", "sdpa"] = "auto"  # auto: eager on CPU, sdpa on GPU
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.lr != self.lr:
+            raise ValueError(f"lr must be a positive number, not {self.lr}")
+        if self.max_docs_per_step < 1:
+            raise ValueError(f"max_docs_per_step must be at least 1, not {self.max_docs_per_step}")
+        if self.token_budget < self.max_tokens:
+            raise ValueError(
+                f"token_budget ({self.token_budget}) must hold one full chunk "
+                f"(max_tokens={self.max_tokens})"
+            )
+        if self.max_tokens < 2:
+            raise ValueError(f"max_tokens must be at least 2, not {self.max_tokens}")
+        if self.clip_norm is not None and self.clip_norm <= 0:
+            raise ValueError(f"clip_norm must be positive or None, not {self.clip_norm}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, not {self.warmup_steps}")
+        if self.update == "lora" and (self.lora_r < 1 or not self.lora_targets):
+            raise ValueError("a LoRA learner needs lora_r >= 1 and at least one target module")
+        if self.lora_last_layers is not None and self.lora_last_layers < 1:
+            raise ValueError(f"lora_last_layers must be >= 1, not {self.lora_last_layers}")
+
+    @property
+    def learns(self) -> bool:
+        return self.update != "none"
+
+    def replace(self, **changes: Any) -> LearnerConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(sorted(dataclasses.asdict(self).items()))
+
+
+STRATEGIES: dict[str, LearnerConfig] = {
+    # No updates: the pretrained model as it is. Many documents per forward, it only scores.
+    "static": LearnerConfig(update="none", max_docs_per_step=32, token_budget=8192),
+    # The seed article's learner, exactly: one document per step, plain SGD over all weights,
+    # eta = 1e-4, fp32, no clipping, no warm-up.
+    "seed": LearnerConfig(
+        update="full",
+        optimizer="sgd",
+        lr=1e-4,
+        warmup_steps=0,
+        clip_norm=None,
+        precision="fp32",
+        max_docs_per_step=1,
+        token_budget=8192,
+    ),
+    # Ours: LoRA on every projection, AdamW, packed micro-batches, bf16 autocast, clipping.
+    "online": LearnerConfig(),
+    # The same, updating every weight instead of adapters.
+    "online-full": LearnerConfig(update="full", lr=2e-5),
+}
+
+
+def get_strategy(name: str) -> LearnerConfig:
+    try:
+        return STRATEGIES[name]
+    except KeyError:
+        known = ", ".join(sorted(STRATEGIES))
+        raise ValueError(f"--strategy {name!r} is not known; choose from {known}") from None

@@ -1,0 +1,324 @@
+"""The one score-and-learn step: test-then-train on a batch of documents.
+
+Every caller (replay, the server, distributed learners) goes through `Learner.step`: one forward
+pass per micro-batch gives each document's score, taken under the weights before any update that
+used it, and the same pass drives the update. A step whose loss or gradient is not finite leaves
+the weights and the optimizer state as they were.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, get_peft_model
+from transformers import PreTrainedModel
+from transformers.pytorch_utils import Conv1D
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from livelm.document import Document
+from livelm.learner.config import LearnerConfig
+from livelm.learner.encoding import EncodedDocument, Encoder
+from livelm.model.device import autocast_dtype_for
+
+
+@dataclass(frozen=True)
+class DocScore:
+    """A document's prequential score: mean negative log-likelihood in nats per token."""
+
+    id: str
+    loss: float
+    tokens: int
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """What one step did; loops yield these and reports consume them."""
+
+    step: int
+    scores: tuple[DocScore, ...]  # the scored documents, in input order
+    loss: float  # the (weighted) training loss of the step; nan when nothing was scored
+    updated: bool
+    skipped: str | None  # why the weights were not updated, if they were not
+    lr: float
+    grad_norm: float | None
+    tokens: int  # predicted tokens of the scored documents
+    seconds: float
+
+
+def _chunk_batches(lengths: Sequence[int], token_budget: int) -> Iterator[list[int]]:
+    """Group chunk indices, longest first, so that (rows x longest row) stays in the budget."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    group: list[int] = []
+    for i in order:
+        width = lengths[group[0]] if group else lengths[i]
+        if group and (len(group) + 1) * width > token_budget:
+            yield group
+            group = []
+        group.append(i)
+    if group:
+        yield group
+
+
+class Learner:
+    """A model, its optimizer and the test-then-train step.
+
+    >>> # learner = Learner(model, tokenizer, get_strategy("online"))
+    >>> # report = learner.step([learner.encode(Document("fresh news"))])
+    >>> # report.scores[0].loss  # nats/token before the update
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        config: LearnerConfig,
+    ) -> None:
+        self.config = config
+        self.device = next(model.parameters()).device
+        self.autocast_dtype = autocast_dtype_for(self.device, config.precision)
+        window = getattr(model.config, "max_position_embeddings", None) or config.max_tokens
+        self.encoder = Encoder(tokenizer, min(config.max_tokens, int(window)))
+        self.pad_id = int(
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.encoder.boundary
+        )
+        torch.manual_seed(config.seed)
+        if self.autocast_dtype is not None and config.update != "full":
+            # Frozen weights are stored in the compute dtype: autocast would otherwise copy
+            # every matrix to bf16 on every forward (a third of a LoRA step's time on a CPU).
+            model.to(self.autocast_dtype)  # type: ignore[arg-type]  # stub too narrow
+        attention = config.attention
+        if attention == "auto":
+            # Measured: on short documents the CPU's flash-attention backward is the slowest op.
+            attention = "eager" if self.device.type == "cpu" else "sdpa"
+        model.set_attn_implementation(attention)
+        model.eval()  # no dropout: a score is the model's plain loss, and so is the update's
+        if config.update == "lora":
+            model = self._with_lora(model)
+        else:
+            for p in model.parameters():
+                p.requires_grad_(config.update == "full")
+        self.model = model
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = self._make_optimizer() if config.learns else None
+        self.steps = 0
+        self.updates = 0
+        self.skipped_updates = 0
+        self._warmup_start = 0
+
+    def _with_lora(self, model: PreTrainedModel) -> PreTrainedModel:
+        c = self.config
+        targets = (
+            _linear_leaf_names(model) if c.lora_targets == ("all-linear",) else list(c.lora_targets)
+        )
+        layers: list[int] | None = None
+        if c.lora_last_layers is not None:
+            n = int(model.config.num_hidden_layers)
+            layers = list(range(max(0, n - c.lora_last_layers), n))
+        lora = LoraConfig(
+            r=c.lora_r,
+            lora_alpha=c.lora_alpha,
+            lora_dropout=c.lora_dropout,
+            target_modules=targets,
+            layers_to_transform=layers,
+            task_type="CAUSAL_LM",
+        )
+        return get_peft_model(model, lora)  # type: ignore[return-value]
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        c = self.config
+        if c.optimizer == "sgd":
+            return torch.optim.SGD(self.params, lr=c.lr, momentum=0.0, weight_decay=c.weight_decay)
+        return torch.optim.AdamW(self.params, lr=c.lr, betas=c.betas, weight_decay=c.weight_decay)
+
+    # -- policy hooks -------------------------------------------------------------------------
+
+    def rewarm(self) -> None:
+        """Start the learning-rate warm-up again (after a drift, say)."""
+        self._warmup_start = self.steps
+
+    def reset_optimizer(self) -> None:
+        """Forget the optimizer's moments, as if learning started now."""
+        if self.optimizer is not None:
+            self.optimizer = self._make_optimizer()
+
+    def current_lr(self) -> float:
+        c = self.config
+        if c.warmup_steps == 0:
+            return c.lr
+        progress = self.steps - self._warmup_start + 1
+        return c.lr * min(1.0, progress / c.warmup_steps)
+
+    # -- scoring and learning -----------------------------------------------------------------
+
+    def encode(self, doc: Document) -> EncodedDocument:
+        return self.encoder.encode(doc)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[None]:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    def _nll_sums(
+        self,
+        chunks: Sequence[Sequence[int]],
+        weights: Sequence[float],
+        denominator: float,
+        grad: bool,
+    ) -> list[float]:
+        """Summed NLL of each chunk; with `grad`, accumulates d(weighted mean loss)/dθ."""
+        sums = [0.0] * len(chunks)
+        lengths = [len(c) for c in chunks]
+        for group in _chunk_batches(lengths, self.config.token_budget):
+            width = lengths[group[0]]
+            ids = torch.full((len(group), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(group), width), dtype=torch.long)
+            for row, i in enumerate(group):
+                ids[row, : lengths[i]] = torch.tensor(chunks[i])
+                mask[row, : lengths[i]] = 1
+            ids, mask = ids.to(self.device), mask.to(self.device)
+            with self._autocast():
+                logits = self.model(input_ids=ids, attention_mask=mask).logits
+            # logits: (rows, width, vocab); position t predicts token t+1. Only the real
+            # (unpadded) positions go through the fp32 cross-entropy: on a CPU the softmax over
+            # the vocabulary costs as much as a third of the step.
+            valid = mask[:, 1:].bool()  # (rows, width-1)
+            nll = F.cross_entropy(
+                logits[:, :-1][valid].float(), ids[:, 1:][valid], reduction="none"
+            )
+            row_of = torch.arange(len(group), device=self.device).unsqueeze(1).expand_as(valid)
+            row_sums = torch.zeros(len(group), device=self.device).index_add(0, row_of[valid], nll)
+            if grad:
+                w = torch.tensor([weights[i] for i in group], device=self.device)
+                ((row_sums * w).sum() / denominator).backward()
+            for row, value in zip(group, row_sums.detach().cpu().tolist(), strict=True):
+                sums[row] = value  # .tolist() above is the CPU-GPU sync point of the step
+        return sums
+
+    def _per_document(
+        self, docs: Sequence[EncodedDocument], sums: Sequence[float]
+    ) -> tuple[DocScore, ...]:
+        scores = []
+        k = 0
+        for d in docs:
+            total = sum(sums[k : k + len(d.chunks)])
+            k += len(d.chunks)
+            loss = total / d.tokens if d.tokens else math.nan
+            scores.append(DocScore(id=d.doc.id, loss=loss, tokens=d.tokens))
+        return tuple(scores)
+
+    def score(self, docs: Sequence[EncodedDocument]) -> tuple[DocScore, ...]:
+        """Scores under the current weights, without learning."""
+        chunks = [c for d in docs for c in d.chunks]
+        with torch.inference_mode():
+            sums = self._nll_sums(chunks, [1.0] * len(chunks), 1.0, grad=False)
+        return self._per_document(docs, sums)
+
+    def step(
+        self,
+        docs: Sequence[EncodedDocument],
+        *,
+        extra: Sequence[EncodedDocument] = (),
+        extra_weights: Sequence[float] | None = None,
+    ) -> StepReport:
+        """Test-then-train: score `docs`, then take one update on `docs` and `extra`.
+
+        `extra` documents (replayed ones, say) are learned from with their weights but never
+        scored into the report. A static learner only scores.
+        """
+        started = time.perf_counter()
+        tokens = sum(d.tokens for d in docs)
+        if not self.config.learns:
+            scores = self.score(docs)
+            self.steps += 1
+            return StepReport(
+                step=self.steps,
+                scores=scores,
+                loss=_mean_loss(scores),
+                updated=False,
+                skipped="static",
+                lr=0.0,
+                grad_norm=None,
+                tokens=tokens,
+                seconds=time.perf_counter() - started,
+            )
+        assert self.optimizer is not None
+        all_docs = [*docs, *extra]
+        doc_weights = [1.0] * len(docs) + list(extra_weights or [1.0] * len(extra))
+        chunks = [c for d in all_docs for c in d.chunks]
+        weights = [w for d, w in zip(all_docs, doc_weights, strict=True) for _ in d.chunks]
+        denominator = sum(w * (len(c) - 1) for c, w in zip(chunks, weights, strict=True))
+        lr = self.current_lr()
+        if denominator <= 0:
+            return self._finish(docs, [0.0] * len(chunks), None, lr, "no tokens", started)
+        self.optimizer.zero_grad(set_to_none=True)
+        sums = self._nll_sums(chunks, weights, denominator, grad=True)
+        loss = sum(s * w for s, w in zip(sums, weights, strict=True)) / denominator
+        if not math.isfinite(loss):
+            self.optimizer.zero_grad(set_to_none=True)
+            return self._finish(docs, sums, loss, lr, "non-finite loss", started)
+        max_norm = self.config.clip_norm if self.config.clip_norm is not None else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
+        if not math.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            return self._finish(docs, sums, loss, lr, "non-finite gradient", started)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.updates += 1
+        return self._finish(docs, sums, loss, lr, None, started, grad_norm)
+
+    def _finish(
+        self,
+        docs: Sequence[EncodedDocument],
+        sums: Sequence[float],
+        loss: float | None,
+        lr: float,
+        skipped: str | None,
+        started: float,
+        grad_norm: float | None = None,
+    ) -> StepReport:
+        self.steps += 1
+        if skipped is not None:
+            self.skipped_updates += 1
+        n_scored = sum(len(d.chunks) for d in docs)
+        scores = self._per_document(docs, sums[:n_scored])
+        return StepReport(
+            step=self.steps,
+            scores=scores,
+            loss=math.nan if loss is None else loss,
+            updated=skipped is None,
+            skipped=skipped,
+            lr=lr,
+            grad_norm=grad_norm,
+            tokens=sum(d.tokens for d in docs),
+            seconds=time.perf_counter() - started,
+        )
+
+
+def _linear_leaf_names(model: PreTrainedModel) -> list[str]:
+    """The distinct leaf names of every linear layer but the output head (PEFT's all-linear).
+
+    Spelled out because PEFT refuses `layers_to_transform` with the `all-linear` shorthand.
+    """
+    head = model.get_output_embeddings()
+    return sorted(
+        {
+            name.rsplit(".", 1)[-1]
+            for name, module in model.named_modules()
+            if isinstance(module, (torch.nn.Linear, Conv1D)) and module is not head
+        }
+    )
+
+
+def _mean_loss(scores: Sequence[DocScore]) -> float:
+    tokens = sum(s.tokens for s in scores if s.tokens)
+    if not tokens:
+        return math.nan
+    return sum(s.loss * s.tokens for s in scores if s.tokens) / tokens

@@ -1,0 +1,68 @@
+"""`metrics.json`, the replay contract other tools read (see DESIGN.md)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from livelm.learner.prequential import Tally
+
+
+@dataclass
+class StrategyResult:
+    """One strategy's run over the stream."""
+
+    name: str
+    tally: Tally
+    config: dict[str, Any]
+    reference_loss_before: float | None = None
+    reference_loss_after: float | None = None
+    drift_events: list[int] = field(default_factory=list)
+
+    def metrics(self) -> dict[str, Any]:
+        t = self.tally
+        return {
+            "prequential_loss": _finite(t.loss),
+            "perplexity": _finite(t.perplexity),
+            "tokens_per_second": round(t.tokens_per_second, 2),
+            "reference_loss_before": _finite(self.reference_loss_before),
+            "reference_loss_after": _finite(self.reference_loss_after),
+            "drift_events": list(self.drift_events),
+            "docs": t.docs,
+            "tokens": t.tokens,
+            "seconds": round(t.seconds, 3),
+            "steps": t.steps,
+            "updates": t.updates,
+            "skipped_updates": dict(t.skipped),
+            "config": self.config,
+        }
+
+
+def _finite(x: float | None) -> float | None:
+    """JSON has no NaN: a missing or non-finite figure is null."""
+    return x if x is not None and math.isfinite(x) else None
+
+
+def build_metrics(
+    model: str, stream: str, results: list[StrategyResult], stream_stats: dict[str, Any]
+) -> dict[str, Any]:
+    first = results[0].tally if results else None
+    return {
+        "model": model,
+        "stream": stream,
+        "docs": first.docs if first else 0,
+        "tokens": first.tokens if first else 0,
+        "stream_stats": stream_stats,
+        "strategies": {r.name: r.metrics() for r in results},
+    }
+
+
+def write_metrics(path: Path, metrics: dict[str, Any]) -> None:
+    """Written to a temporary name, then renamed: a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)

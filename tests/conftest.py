@@ -1,0 +1,50 @@
+"""Shared fixtures: a tiny Llama built in the test (no downloads), saved as a model directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from livelm.model import LoadedModel, load_model
+from tests.gguf_writer import build_model, build_tokenizer, to_transformers_tokenizer
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIVELM_CACHE", str(tmp_path / "livelm-cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, 64-wide Llama and its byte-level BPE tokenizer, as a HF directory."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = to_transformers_tokenizer(build_tokenizer())
+    model = build_model(len(tokenizer), seed=0)
+    with torch.no_grad():  # gentler weights than the GGUF test's, so losses are realistic
+        for name, param in model.named_parameters():
+            if not name.endswith("norm.weight"):
+                param.normal_(0.0, 0.05)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def tiny(tiny_model_dir: Path) -> LoadedModel:
+    return load_model(str(tiny_model_dir), device="cpu")
+
+
+@pytest.fixture
+def news_lines() -> list[str]:
+    return [
+        "Storm hits the coast as residents leave their homes.",
+        "Markets rise after the central bank holds rates steady.",
+        "New vaccine shows promise in early trials, researchers say.",
+        "The team wins the final after a late goal in extra time.",
+        "Senate passes the budget bill after a long night of debate.",
+        "Scientists find water ice near the moon's south pole.",
+        "City council votes to expand bike lanes downtown.",
+        "Actor returns to the stage in a new play about family.",
+    ]

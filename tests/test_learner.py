@@ -1,0 +1,157 @@
+"""The score-and-learn step: test-then-train, the seed rule, guards, chunking, batching."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from livelm.document import Document
+from livelm.learner import Learner, get_strategy
+from livelm.model import LoadedModel
+
+FP32 = {"precision": "fp32"}
+
+
+def direct_loss(lm: LoadedModel, text: str) -> float:
+    """The model's own mean cross-entropy of `text` after a boundary token."""
+    ids = [lm.tokenizer.bos_token_id, *lm.tokenizer(text, add_special_tokens=False)["input_ids"]]
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        return float(lm.model(input_ids=x, labels=x).loss)
+
+
+def learner(lm: LoadedModel, name: str, **changes: object) -> Learner:
+    return Learner(copy.deepcopy(lm.model), lm.tokenizer, get_strategy(name).replace(**changes))
+
+
+def test_static_score_equals_the_loss_computed_directly(
+    tiny: LoadedModel, news_lines: list[str]
+) -> None:
+    static = learner(tiny, "static", **FP32)
+    report = static.step([static.encode(Document(t)) for t in news_lines])
+    assert not report.updated
+    for text, score in zip(news_lines, report.scores, strict=True):
+        assert score.loss == pytest.approx(direct_loss(tiny, text), abs=1e-5)
+
+
+def test_online_scores_a_repeated_document_lower_the_second_time(tiny: LoadedModel) -> None:
+    online = learner(tiny, "online", max_docs_per_step=1, warmup_steps=0, lr=1e-2, **FP32)
+    doc = online.encode(Document("Breaking: the river floods the old town overnight."))
+    first = online.step([doc])
+    second = online.step([doc])
+    assert first.updated and second.updated
+    assert second.scores[0].loss < first.scores[0].loss - 0.05
+
+
+def test_the_score_is_taken_before_the_update_that_used_it(tiny: LoadedModel) -> None:
+    online = learner(tiny, "online", warmup_steps=0, lr=1e-2, **FP32)
+    text = "A document scored once, under the weights before its own update."
+    before = direct_loss(tiny, text)
+    report = online.step([online.encode(Document(text))])
+    assert report.scores[0].loss == pytest.approx(before, abs=1e-5)
+
+
+def test_seed_reproduces_one_hand_written_sgd_step(tiny: LoadedModel) -> None:
+    text = "Plain SGD on the cross-entropy of each new document."
+    seed = learner(tiny, "seed")
+    assert seed.config.lr == 1e-4 and seed.config.max_docs_per_step == 1
+    seed.step([seed.encode(Document(text))])
+
+    by_hand = copy.deepcopy(tiny.model)
+    ids = [
+        tiny.tokenizer.bos_token_id,
+        *tiny.tokenizer(text, add_special_tokens=False)["input_ids"],
+    ]
+    x = torch.tensor([ids])
+    by_hand(input_ids=x, labels=x).loss.backward()
+    with torch.no_grad():
+        for p in by_hand.parameters():
+            p -= 1e-4 * p.grad
+
+    learned = dict(seed.model.named_parameters())
+    for name, p in by_hand.named_parameters():
+        assert torch.allclose(learned[name], p, atol=1e-7, rtol=0), name
+    # and the step did move the weights
+    assert not torch.equal(learned["lm_head.weight"], tiny.model.lm_head.weight)
+
+
+def test_a_non_finite_loss_never_touches_the_weights(tiny: LoadedModel) -> None:
+    online = learner(tiny, "online", warmup_steps=0, **FP32)
+    good = online.encode(Document("An ordinary sentence about the weather."))
+    online.step([good])  # the optimizer now has state worth protecting
+    poisoned = online.encode(Document("Poisoned text."))
+    token = poisoned.chunks[0][1]
+    embed = online.model.get_input_embeddings().weight
+    with torch.no_grad():
+        embed[token] = math.nan
+    weights = {n: p.detach().clone() for n, p in online.model.named_parameters()}
+    moments = {k: v["exp_avg"].clone() for k, v in online.optimizer.state.items()}  # type: ignore[union-attr]
+
+    report = online.step([poisoned])
+
+    assert not report.updated and report.skipped == "non-finite loss"
+    assert math.isnan(report.scores[0].loss)
+    for n, p in online.model.named_parameters():
+        assert torch.equal(p, weights[n]) or torch.equal(p.isnan(), weights[n].isnan()), n
+    for k, v in online.optimizer.state.items():  # type: ignore[union-attr]
+        assert torch.equal(v["exp_avg"], moments[k])
+    assert online.skipped_updates == 1
+
+
+def test_scores_do_not_depend_on_how_documents_are_batched(
+    tiny: LoadedModel, news_lines: list[str]
+) -> None:
+    packed = learner(tiny, "static", token_budget=1024, max_tokens=64, **FP32)
+    single = learner(tiny, "static", token_budget=64, max_tokens=64, **FP32)
+    docs = [packed.encode(Document(t)) for t in news_lines]
+    together = packed.score(docs)
+    alone = [single.score([d])[0] for d in docs]
+    for a, b in zip(together, alone, strict=True):
+        assert a.tokens == b.tokens
+        assert a.loss == pytest.approx(b.loss, abs=1e-5)
+
+
+def test_an_over_long_document_is_split_into_chunks_not_cut(tiny: LoadedModel) -> None:
+    static = learner(tiny, "static", max_tokens=16, token_budget=64, **FP32)
+    text = " ".join(["The long report goes on and on about the budget."] * 6)
+    ids = tiny.tokenizer(text, add_special_tokens=False)["input_ids"]
+    encoded = static.encode(Document(text))
+    assert len(encoded.chunks) == math.ceil(len(ids) / 15)
+    assert all(len(c) <= 16 and c[0] == static.encoder.boundary for c in encoded.chunks)
+    assert [t for c in encoded.chunks for t in c[1:]] == ids
+    assert encoded.tokens == len(ids)
+    (score,) = static.score([encoded])
+    chunk_losses = [
+        static.score([static.encode(Document(tiny.tokenizer.decode(list(c[1:]))))])[0]
+        for c in encoded.chunks
+    ]
+    weighted = sum(s.loss * s.tokens for s in chunk_losses) / sum(s.tokens for s in chunk_losses)
+    assert score.loss == pytest.approx(weighted, abs=1e-4)
+
+
+def test_replayed_documents_are_learned_from_but_not_scored(tiny: LoadedModel) -> None:
+    online = learner(tiny, "online", warmup_steps=0, **FP32)
+    fresh = online.encode(Document("Fresh news of the day."))
+    old = online.encode(Document("An older story, replayed."))
+    report = online.step([fresh], extra=[old], extra_weights=[0.5])
+    assert [s.id for s in report.scores] == [fresh.doc.id]
+    assert report.tokens == fresh.tokens
+    assert report.updated
+
+
+def test_lora_on_the_top_layers_only_adapts_those(tiny: LoadedModel) -> None:
+    online = learner(tiny, "online", lora_last_layers=1, **FP32)
+    trainable = [n for n, p in online.model.named_parameters() if p.requires_grad]
+    assert trainable and all(".layers.1." in n and "lora_" in n for n in trainable)
+
+
+def test_a_bad_config_names_what_is_wrong() -> None:
+    with pytest.raises(ValueError, match="lr"):
+        get_strategy("online").replace(lr=-1.0)
+    with pytest.raises(ValueError, match="token_budget"):
+        get_strategy("online").replace(token_budget=8, max_tokens=64)
+    with pytest.raises(ValueError, match="not known"):
+        get_strategy("nonsense")
