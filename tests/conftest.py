@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,19 @@ from tests.gguf_writer import build_model, build_tokenizer, to_transformers_toke
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LIVELM_CACHE", str(tmp_path / "livelm-cache"))
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Torch on one thread for a module (`pytestmark = pytest.mark.usefixtures("one_thread")`).
+
+    The tiny model's 64-wide matmuls are too small to split: a second thread only adds
+    synchronisation. On a busy 2-core machine, many small steps ran up to 10x slower on two.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

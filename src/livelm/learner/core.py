@@ -13,10 +13,12 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
+from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
@@ -29,11 +31,16 @@ from livelm.model.device import autocast_dtype_for
 
 @dataclass(frozen=True)
 class DocScore:
-    """A document's prequential score: mean negative log-likelihood in nats per token."""
+    """A document's prequential score: mean negative log-likelihood in nats per token.
+
+    `surprise` is the loss as a z-score against the stream's running loss; a policy that
+    monitors the stream fills it in (see `livelm.policy.monitor`), the learner alone cannot.
+    """
 
     id: str
     loss: float
     tokens: int
+    surprise: float | None = None
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,15 @@ class StepReport:
     grad_norm: float | None
     tokens: int  # predicted tokens of the scored documents
     seconds: float
+    penalty: float = 0.0  # what the regularizers added to `loss` in the update
+
+
+class Regularizer(Protocol):
+    """A penalty on the weights, added to a step's loss before its update (anchoring, say)."""
+
+    def penalty(self) -> torch.Tensor:
+        """A differentiable fp32 scalar."""
+        ...
 
 
 def _chunk_batches(lengths: Sequence[int], token_budget: int) -> Iterator[list[int]]:
@@ -106,9 +122,13 @@ class Learner:
         self.model = model
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = self._make_optimizer() if config.learns else None
+        # Penalties summed into every update's loss; policies append to it (anchoring).
+        self.regularizers: list[Regularizer] = []
         self.steps = 0
         self.updates = 0
         self.skipped_updates = 0
+        self.rewarms = 0
+        self.optimizer_resets = 0
         self._warmup_start = 0
 
     def _with_lora(self, model: PreTrainedModel) -> PreTrainedModel:
@@ -128,7 +148,14 @@ class Learner:
             layers_to_transform=layers,
             task_type="CAUSAL_LM",
         )
-        return get_peft_model(model, lora)  # type: ignore[return-value]
+        peft_model = get_peft_model(model, lora)
+        if self.autocast_dtype is not None:
+            # Autocast already runs the adapters in bf16; PEFT's own cast of each adapter's input
+            # to the adapters' fp32 only adds two activation copies per adapted layer.
+            for module in peft_model.modules():
+                if isinstance(module, BaseTunerLayer):
+                    module.cast_input_dtype_enabled = False
+        return peft_model  # type: ignore[return-value]
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         c = self.config
@@ -141,11 +168,13 @@ class Learner:
     def rewarm(self) -> None:
         """Start the learning-rate warm-up again (after a drift, say)."""
         self._warmup_start = self.steps
+        self.rewarms += 1
 
     def reset_optimizer(self) -> None:
         """Forget the optimizer's moments, as if learning started now."""
         if self.optimizer is not None:
             self.optimizer = self._make_optimizer()
+            self.optimizer_resets += 1
 
     def current_lr(self) -> float:
         c = self.config
@@ -219,6 +248,31 @@ class Learner:
             sums = self._nll_sums(chunks, [1.0] * len(chunks), 1.0, grad=False)
         return self._per_document(docs, sums)
 
+    def gradient(self, docs: Sequence[EncodedDocument]) -> float:
+        """Backpropagates the documents' token-weighted mean loss into the trainable weights'
+        `.grad` (cleared first) and returns that loss; no update. For estimates that need
+        gradients without learning, such as EWC's Fisher information."""
+        if not self.params:
+            raise ValueError("a learner that updates nothing (update='none') has no gradient")
+        chunks = [c for d in docs for c in d.chunks]
+        denominator = sum(len(c) - 1 for c in chunks)
+        for p in self.params:
+            p.grad = None
+        if denominator <= 0:
+            return math.nan
+        sums = self._nll_sums(chunks, [1.0] * len(chunks), denominator, grad=True)
+        return sum(sums) / denominator
+
+    def _penalty_backward(self) -> float:
+        """Backpropagates the regularizers' summed penalty; returns it (0.0 without any)."""
+        if not self.regularizers:
+            return 0.0
+        total = torch.stack([r.penalty() for r in self.regularizers]).sum()
+        value = float(total.detach())  # a CPU-GPU sync point, once per step
+        if math.isfinite(value):
+            total.backward()
+        return value
+
     def step(
         self,
         docs: Sequence[EncodedDocument],
@@ -262,6 +316,10 @@ class Learner:
         if not math.isfinite(loss):
             self.optimizer.zero_grad(set_to_none=True)
             return self._finish(docs, sums, loss, lr, "non-finite loss", started)
+        penalty = self._penalty_backward()
+        if not math.isfinite(penalty):
+            self.optimizer.zero_grad(set_to_none=True)
+            return self._finish(docs, sums, loss, lr, "non-finite penalty", started)
         max_norm = self.config.clip_norm if self.config.clip_norm is not None else math.inf
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
         if not math.isfinite(grad_norm):
@@ -272,7 +330,7 @@ class Learner:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.updates += 1
-        return self._finish(docs, sums, loss, lr, None, started, grad_norm)
+        return self._finish(docs, sums, loss, lr, None, started, grad_norm, penalty)
 
     def _finish(
         self,
@@ -283,6 +341,7 @@ class Learner:
         skipped: str | None,
         started: float,
         grad_norm: float | None = None,
+        penalty: float = 0.0,
     ) -> StepReport:
         self.steps += 1
         if skipped is not None:
@@ -299,6 +358,7 @@ class Learner:
             grad_norm=grad_norm,
             tokens=sum(d.tokens for d in docs),
             seconds=time.perf_counter() - started,
+            penalty=penalty,
         )
 
 

@@ -8,16 +8,29 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from livelm.document import Document
-from livelm.learner.core import Learner, StepReport
+from livelm.learner.config import LearnerConfig
+from livelm.learner.core import StepReport
 from livelm.learner.encoding import EncodedDocument
 
 
+class Stepper(Protocol):
+    """What loops need of a learner: a `Learner`, or a `livelm.policy.PolicyLearner` around one."""
+
+    @property
+    def config(self) -> LearnerConfig: ...
+
+    def encode(self, doc: Document) -> EncodedDocument: ...
+
+    def step(self, docs: Sequence[EncodedDocument]) -> StepReport: ...
+
+
 def batches(
-    learner: Learner, docs: Iterable[Document], max_docs: int | None = None
+    learner: Stepper, docs: Iterable[Document], max_docs: int | None = None
 ) -> Iterator[list[EncodedDocument]]:
     """Consecutive documents, encoded, grouped `max_docs_per_step` at a time."""
     size = learner.config.max_docs_per_step
@@ -34,7 +47,7 @@ def batches(
 
 
 def prequential(
-    learner: Learner, docs: Iterable[Document], max_docs: int | None = None
+    learner: Stepper, docs: Iterable[Document], max_docs: int | None = None
 ) -> Iterator[StepReport]:
     """Score each document under the weights before any update that used it, then learn."""
     for batch in batches(learner, docs, max_docs):

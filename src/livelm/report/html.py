@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from livelm.policy.monitor import EmergingTerm
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 70rem; color: #222; }
@@ -30,7 +33,12 @@ def _cell(value: Any, fmt: str) -> str:
     return "&mdash;" if value is None else html.escape(fmt.format(value))
 
 
-def write_html(path: Path, metrics: dict[str, Any], curve: str = "curve.png") -> None:
+def write_html(
+    path: Path,
+    metrics: dict[str, Any],
+    emerging: Sequence[EmergingTerm] = (),
+    curve: str = "curve.png",
+) -> None:
     head = "".join(f"<th>{html.escape(label)}</th>" for _, label, _ in _COLUMNS)
     rows = []
     for name, m in metrics["strategies"].items():
@@ -38,6 +46,9 @@ def write_html(path: Path, metrics: dict[str, Any], curve: str = "curve.png") ->
         drifts = ", ".join(str(d) for d in m.get("drift_events", [])) or "none"
         rows.append(f"<tr><td>{html.escape(name)}</td>{cells}<td>{html.escape(drifts)}</td></tr>")
     stats = metrics.get("stream_stats", {})
+    terms = ", ".join(
+        f"<b>{html.escape(t.term)}</b> ({t.recent} recent, {t.earlier} earlier)" for t in emerging
+    )
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>livelm replay</title>
 <style>{_STYLE}</style></head><body>
@@ -51,6 +62,9 @@ def write_html(path: Path, metrics: dict[str, Any], curve: str = "curve.png") ->
 {"".join(rows)}
 </table>
 <img src="{html.escape(curve)}" alt="loss along the stream, one line per strategy">
+<p>Emerging terms (documents holding them): {terms or "none yet"}. The most surprising
+documents of each window are in <code>surprises.jsonl</code>, the drift events in full in
+<code>metrics.json</code>.</p>
 </body></html>
 """
     path.write_text(page, encoding="utf-8")

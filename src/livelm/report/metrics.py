@@ -21,7 +21,9 @@ class StrategyResult:
     config: dict[str, Any]
     reference_loss_before: float | None = None
     reference_loss_after: float | None = None
-    drift_events: list[int] = field(default_factory=list)
+    drift_events: list[int] = field(default_factory=list)  # the stream index of each drift
+    drift: list[dict[str, Any]] = field(default_factory=list)  # each drift event in full
+    policy_stats: dict[str, Any] = field(default_factory=dict)  # counts: replayed docs, ...
 
     def metrics(self) -> dict[str, Any]:
         t = self.tally
@@ -32,6 +34,8 @@ class StrategyResult:
             "reference_loss_before": _finite(self.reference_loss_before),
             "reference_loss_after": _finite(self.reference_loss_after),
             "drift_events": list(self.drift_events),
+            "drift": list(self.drift),
+            **self.policy_stats,
             "docs": t.docs,
             "tokens": t.tokens,
             "seconds": round(t.seconds, 3),

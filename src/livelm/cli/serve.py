@@ -1,0 +1,166 @@
+"""`livelm serve`: the HTTP server that learns from the documents it is sent while it serves.
+
+`serve` is the command as a typed function; `add_serve_parser` and `run_serve` plug it into the
+`livelm` entry point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+from pathlib import Path
+
+import uvicorn
+
+from livelm.learner import STRATEGIES, get_strategy
+from livelm.model import DEFAULT_MODEL, cache_root
+from livelm.server import ServerSettings, create_app
+from livelm.server.auth import ENV_VAR, load_api_keys
+from livelm.source.sotu import write_sotu_stream
+
+DEMO_EVERY = 10  # the demo feeds every 10th State of the Union paragraph: 1790 to 2021 sooner
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on `host:port` (port 0: a free one).
+
+    Made with an explicit IPPROTO_TCP: asyncio turns Nagle's algorithm off (TCP_NODELAY) only
+    on connections whose socket says so, and with it on, a response written in two pieces
+    waits for the client's delayed ACK, 40 ms on Linux, on every request.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def serve(
+    settings: ServerSettings, *, host: str = "127.0.0.1", port: int = 8000, quiet: bool = False
+) -> None:
+    """Serve until interrupted. Port 0 picks a free port; the address is printed once bound."""
+    settings.check_bind(host)
+    try:
+        sock = bind(host, port)
+    except OSError as e:
+        raise RuntimeError(f"--host {host} --port {port}: cannot listen: {e.strerror}") from None
+    bound = sock.getsockname()[1]
+    url = f"http://{f'[{host}]' if ':' in host else host}:{bound}"
+    if not settings.authenticated:
+        print(
+            "livelm serve: no API keys configured, so listening on localhost only, with every "
+            "route open to this machine's users (set --api-key-read/--api-key-write)",
+            flush=True,
+        )
+    print(f"livelm serve: {url} (API docs at {url}/docs), data in {settings.data_dir}", flush=True)
+    # livelm's own progress (versions going live, guard refusals) is worth seeing by default.
+    logging.getLogger("livelm").setLevel(logging.INFO)
+    config = uvicorn.Config(
+        create_app(settings),
+        log_level="warning" if quiet else "info",
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+    server = uvicorn.Server(config)
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn has shut down gracefully, and passes Ctrl-C on
+        print("livelm serve: stopped", flush=True)
+    if not server.started:  # uvicorn logged why, and returned
+        raise RuntimeError("the server did not start; see the error above")
+
+
+def add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve generation and scoring over HTTP while learning from posted documents",
+        description=__doc__,
+    )
+    d = ServerSettings()
+    p.add_argument("--model", default=DEFAULT_MODEL, help="as for replay (default: smollm2)")
+    p.add_argument("--data-dir", type=Path, default=d.data_dir, help="queue and snapshots")
+    p.add_argument(
+        "--lock-wait",
+        type=float,
+        default=d.lock_wait_s,
+        help="seconds to wait for another server to leave --data-dir (a restart)",
+    )
+    p.add_argument("--strategy", default=d.strategy, help=f"known: {', '.join(STRATEGIES)}")
+    p.add_argument("--lr", type=float, default=None, help="override the strategy's rate")
+    p.add_argument("--device", default=d.device, help="auto, cpu, cuda, ...")
+    p.add_argument("--host", default="127.0.0.1", help="beyond localhost only with API keys")
+    p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    p.add_argument("--served-name", default=d.served_name, help="the model id clients send")
+    p.add_argument("--publish-every-steps", type=int, default=d.publish_every_steps)
+    p.add_argument("--publish-every-s", type=float, default=d.publish_every_s)
+    p.add_argument("--keep-last", type=int, default=d.keep_last, help="versions retained")
+    p.add_argument(
+        "--guard-max-rise",
+        type=float,
+        default=d.guard_max_rise,
+        help="refuse a version whose canary loss rises more than this (nats/token)",
+    )
+    p.add_argument("--canary", type=Path, default=None, help="canary documents (stream file)")
+    p.add_argument("--feed", type=Path, default=None, help="feed a stream file into the queue")
+    p.add_argument("--feed-every", type=int, default=None, help="feed every n-th document")
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help=f"feed the State of the Union addresses, 1790-2021 (every {DEMO_EVERY}th paragraph)",
+    )
+    p.add_argument("--api-key-read", action="append", default=[], metavar="KEY")
+    p.add_argument("--api-key-write", action="append", default=[], metavar="KEY")
+    p.add_argument(
+        "--api-keys-file", type=Path, default=None, help=f"'read:KEY' lines; or set {ENV_VAR}"
+    )
+    p.add_argument("--max-request-bytes", type=int, default=d.max_request_bytes)
+    p.add_argument("--max-documents-per-request", type=int, default=d.max_documents_per_request)
+    p.add_argument("--max-document-chars", type=int, default=d.max_document_chars)
+    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    p.add_argument("--max-inflight", type=int, default=d.max_inflight)
+    p.add_argument("--quiet", action="store_true", help="log warnings only")
+
+
+def run_serve(args: argparse.Namespace) -> None:
+    """Build the settings from parsed flags and serve."""
+    if args.demo and args.feed is not None:
+        raise ValueError("--demo feeds the State of the Union stream; drop --feed or --demo")
+    feed, every = args.feed, args.feed_every
+    if args.demo:
+        feed, _ = write_sotu_stream(cache_root() / "sotu.jsonl", cache_root() / "npm")
+        every = every or DEMO_EVERY
+    learner = get_strategy(args.strategy)
+    if args.lr is not None:
+        learner = learner.replace(lr=args.lr)
+    settings = ServerSettings(
+        model=args.model,
+        data_dir=args.data_dir,
+        lock_wait_s=args.lock_wait,
+        strategy=args.strategy,
+        learner=learner,
+        device=args.device,
+        served_name=args.served_name,
+        publish_every_steps=args.publish_every_steps,
+        publish_every_s=args.publish_every_s,
+        keep_last=args.keep_last,
+        guard_max_rise=args.guard_max_rise,
+        canary=args.canary,
+        feed=feed,
+        feed_every=every or 1,
+        api_keys=load_api_keys(
+            args.api_key_read, args.api_key_write, args.api_keys_file, os.environ.get(ENV_VAR)
+        ),
+        max_request_bytes=args.max_request_bytes,
+        max_documents_per_request=args.max_documents_per_request,
+        max_document_chars=args.max_document_chars,
+        max_new_tokens=args.max_new_tokens,
+        max_inflight=args.max_inflight,
+    )
+    serve(settings, host=args.host, port=args.port, quiet=args.quiet)

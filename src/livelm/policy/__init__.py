@@ -1,0 +1,52 @@
+"""Policies around the score-and-learn step: drift detection and its actions, replay from a
+reservoir or a sliding window, forgetting by age, anchoring to the base weights, and the
+monitoring scores (surprise, emerging terms). `PolicyLearner` composes them behind
+`Learner.step`'s signature."""
+
+from livelm.policy.anchor import EWC, L2SP, AnchorConfig, make_anchor
+from livelm.policy.config import DRIFT_ACTIONS, PolicyConfig
+from livelm.policy.decay import Decay, decay_weight
+from livelm.policy.drift import DETECTORS, Detector, DetectorConfig
+from livelm.policy.events import DriftEvent
+from livelm.policy.memory import MemoryItem
+from livelm.policy.monitor import EmergingTerms, SurpriseMonitor, TopSurprises
+from livelm.policy.reservoir import Reservoir
+from livelm.policy.span import Span, stream_time
+from livelm.policy.stack import PolicyLearner
+from livelm.policy.strategy import (
+    POLICY_OPTIONS,
+    POLICY_PRESETS,
+    Strategy,
+    known_strategies,
+    parse_strategies,
+)
+from livelm.policy.window import SlidingWindow
+
+__all__ = [
+    "DETECTORS",
+    "DRIFT_ACTIONS",
+    "EWC",
+    "L2SP",
+    "POLICY_OPTIONS",
+    "POLICY_PRESETS",
+    "AnchorConfig",
+    "Decay",
+    "Detector",
+    "DetectorConfig",
+    "DriftEvent",
+    "EmergingTerms",
+    "MemoryItem",
+    "PolicyConfig",
+    "PolicyLearner",
+    "Reservoir",
+    "SlidingWindow",
+    "Span",
+    "Strategy",
+    "SurpriseMonitor",
+    "TopSurprises",
+    "decay_weight",
+    "known_strategies",
+    "make_anchor",
+    "parse_strategies",
+    "stream_time",
+]

@@ -1,0 +1,115 @@
+"""The app factory: `create_app(settings)` builds the FastAPI app; its lifespan owns the runtime
+(model, queue, store, learner thread), opened before the first request and closed after the
+last. OpenAPI docs are at `/docs`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from livelm import __version__
+from livelm.server.errors import error_body, install_error_handlers
+from livelm.server.metrics import Metrics
+from livelm.server.routes import documents, health, openai, snapshots
+from livelm.server.runtime import Runtime
+from livelm.server.settings import ServerSettings
+
+
+class _RequestMetrics:
+    """Observes every HTTP request's latency, by method, route template and status."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.request_seconds.labels(
+                method=scope["method"], route=route, status=str(status)
+            ).observe(time.perf_counter() - started)
+
+
+class _BodyLimit:
+    """Refuses request bodies past the limit with a 413, in the JSON error shape.
+
+    A declared Content-Length past it is refused before anything is read; a body without one
+    (chunked) is counted as it arrives, and the read that crosses the limit raises the 413
+    before the body reaches any route.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            message = f"the request body is too large; see --max-request-bytes ({self.limit})"
+            await JSONResponse(error_body(413, message), status_code=413)(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise HTTPException(413)  # the error handlers word it
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def create_app(settings: ServerSettings) -> FastAPI:
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = await anyio.to_thread.run_sync(Runtime, settings, metrics)
+        runtime.start()
+        app.state.runtime = runtime
+        try:
+            yield
+        finally:
+            await anyio.to_thread.run_sync(runtime.close)
+
+    app = FastAPI(
+        title="livelm",
+        version=__version__,
+        summary="A language model that learns from a stream of documents while it serves.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.add_middleware(_BodyLimit, limit=settings.max_request_bytes)
+    app.add_middleware(_RequestMetrics, metrics=metrics)
+    for module in (openai, documents, snapshots, health):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,71 @@
+"""Feed a stream file into the server's queue, in order, as fast as the learner keeps up.
+
+`livelm serve --feed FILE` (and `--demo`, which feeds the State of the Union stream) starts one.
+It goes through the same ingestion as `POST /v1/documents`, so ids keep it idempotent: a
+restarted feeder re-sends what is already stored, which costs a lookup, and carries on. It waits
+while more than `backlog` documents are queued, so the queue holds a short backlog rather than
+the whole file.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+from livelm.document import Document
+from livelm.source.files import read_stream
+from livelm.source.queue import Accepted
+
+log = logging.getLogger(__name__)
+
+_BATCH = 8
+
+
+class Ingests(Protocol):
+    def ingest(self, docs: Sequence[Document]) -> list[Accepted]: ...
+
+    def backlog(self) -> int:
+        """Documents queued that the learner has not taken yet."""
+        ...
+
+
+class Feeder:
+    def __init__(self, path: Path, server: Ingests, *, every: int = 1, backlog: int = 32) -> None:
+        if not path.is_file():
+            raise FileNotFoundError(f"--feed {path}: no such file")
+        self.path = path
+        self.server = server
+        self.every = every
+        self.backlog = backlog
+        self.fed = 0  # documents newly stored
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="livelm-feeder", daemon=True)
+
+    def start(self) -> None:
+        every = f", every {self.every}th document" if self.every > 1 else ""
+        log.info("feeding %s into the queue in order%s", self.path, every)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        docs = itertools.islice(read_stream(self.path, skip_bad=True), 0, None, self.every)
+        try:
+            while not self._stop.is_set():
+                batch = list(itertools.islice(docs, _BATCH))
+                if not batch:
+                    log.info("fed %s: %d new documents, the whole stream", self.path, self.fed)
+                    return
+                while self.server.backlog() > self.backlog:
+                    if self._stop.wait(0.25):
+                        return
+                accepted = self.server.ingest(batch)
+                self.fed += sum(not a.duplicate for a in accepted)
+        except Exception:
+            log.exception("the feeder stopped")

@@ -1,0 +1,258 @@
+"""Scoring and generation on a serving version.
+
+Scores use the learner's encoding (a boundary token, then the text in window-sized chunks) and
+its loss (mean next-token cross-entropy, nats per token), so a document's score here is the
+score the learner would give it under the same weights. Generation runs transformers' `generate`
+in a worker thread that streams token ids back; the caller reads text pieces as they come.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from livelm.document import Document
+from livelm.learner import DocScore, EncodedDocument, Encoder
+from livelm.server.gate import PriorityGate
+from livelm.server.versions import ServingVersion
+
+
+class Codec:
+    """The serving threads' tokenizer, used one call at a time (a fast tokenizer is not
+    re-entrant); the learner thread has its own."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_tokens: int) -> None:
+        self.tokenizer = tokenizer
+        self.encoder = Encoder(tokenizer, max_tokens)  # the learner's chunking, for scores
+        self._lock = threading.Lock()
+
+    def document(self, doc: Document) -> EncodedDocument:
+        with self._lock:
+            return self.encoder.encode(doc)
+
+    def encode(self, text: str) -> list[int]:
+        with self._lock:
+            ids: list[int] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        with self._lock:
+            return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(self.tokenizer.chat_template)
+
+    def chat_prompt(self, messages: Sequence[dict[str, str]]) -> str:
+        """The model's chat template, or plain `role: content` lines where it has none."""
+        if self.has_chat_template:
+            with self._lock:
+                rendered = self.tokenizer.apply_chat_template(
+                    list(messages), tokenize=False, add_generation_prompt=True
+                )
+            return str(rendered)
+        lines = [f"{m['role']}: {m['content']}" for m in messages]
+        return "\n".join([*lines, "assistant:"])
+
+
+def score_documents(
+    version: ServingVersion, docs: Sequence[EncodedDocument], pad_id: int, token_budget: int
+) -> list[DocScore]:
+    """Each document's mean NLL under `version`, in micro-batches of at most `token_budget`
+    padded tokens (longest chunks first, so the padding stays small)."""
+    chunks = [(i, c) for i, d in enumerate(docs) for c in d.chunks]
+    sums = [0.0] * len(docs)
+    order = sorted(range(len(chunks)), key=lambda k: -len(chunks[k][1]))
+    groups: list[list[int]] = []
+    for k in order:
+        if groups and (len(groups[-1]) + 1) * len(chunks[groups[-1][0]][1]) <= token_budget:
+            groups[-1].append(k)
+        else:
+            groups.append([k])
+    device = next(version.model.parameters()).device
+    with torch.inference_mode(), version.autocast():
+        for group in groups:
+            width = len(chunks[group[0]][1])
+            ids = torch.full((len(group), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(group), width), dtype=torch.long)
+            for row, k in enumerate(group):
+                chunk = chunks[k][1]
+                ids[row, : len(chunk)] = torch.tensor(chunk)
+                mask[row, : len(chunk)] = 1
+            ids, mask = ids.to(device), mask.to(device)
+            logits = version.model(input_ids=ids, attention_mask=mask).logits
+            valid = mask[:, 1:].bool()  # (rows, width-1): position t predicts token t+1
+            nll = F.cross_entropy(
+                logits[:, :-1][valid].float(), ids[:, 1:][valid], reduction="none"
+            )
+            rows = torch.arange(len(group), device=device).unsqueeze(1).expand_as(valid)
+            row_sums = torch.zeros(len(group), device=device).index_add(0, rows[valid], nll)
+            for k, value in zip(group, row_sums.cpu().tolist(), strict=True):
+                sums[chunks[k][0]] += value
+    return [
+        DocScore(id=d.doc.id, loss=sums[i] / d.tokens if d.tokens else math.nan, tokens=d.tokens)
+        for i, d in enumerate(docs)
+    ]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    max_tokens: int = 16
+    temperature: float = 1.0  # 0: greedy
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class Piece:
+    """New text; the last piece of a generation carries its finish reason."""
+
+    text: str
+    finish_reason: FinishReason | None = None
+
+
+_END = object()
+
+
+class _TokenQueue(BaseStreamer):
+    """Receives generate's new token ids (the first `put` is the prompt, skipped)."""
+
+    def __init__(self, out: queue.SimpleQueue[Any]) -> None:
+        self.out = out
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        for token in value.reshape(-1).tolist():
+            self.out.put(int(token))
+
+    def end(self) -> None:
+        """The worker posts the end itself, after generate returns or fails."""
+
+
+class _Cancelled(StoppingCriteria):
+    def __init__(self, flag: threading.Event) -> None:
+        self.flag = flag
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        done = torch.full((input_ids.shape[0],), self.flag.is_set(), dtype=torch.bool)
+        return done  # type: ignore[return-value]  # BoolTensor is a typing alias only
+
+
+class Generation:
+    """A generation running in its own thread; iterate it for `Piece`s.
+
+    The worker holds a serving slot of the gate for its whole run, so the learner yields to
+    it, and releases it however the run ends. `cancel()` (a client gone, a stop string seen)
+    ends it at the next token.
+    """
+
+    def __init__(
+        self,
+        version: ServingVersion,
+        codec: Codec,
+        prompt_ids: list[int],
+        sampling: Sampling,
+        gate: PriorityGate,
+        eos_ids: Sequence[int],
+        pad_id: int,
+    ) -> None:
+        self.version = version
+        self.prompt_tokens = len(prompt_ids)
+        self.completion_tokens = 0
+        self._codec = codec
+        self._sampling = sampling
+        self._eos = set(eos_ids)
+        self._tokens: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._cancel = threading.Event()
+        greedy = sampling.temperature == 0
+        config = GenerationConfig(
+            max_new_tokens=sampling.max_tokens,
+            do_sample=not greedy,
+            temperature=None if greedy else sampling.temperature,
+            top_p=None if greedy else sampling.top_p,
+            top_k=None if greedy else 0,
+            eos_token_id=list(eos_ids),
+            pad_token_id=pad_id,
+        )
+        device = next(version.model.parameters()).device
+        ids = torch.tensor([prompt_ids], device=device)
+        streamer = _TokenQueue(self._tokens)
+        stopping = StoppingCriteriaList([_Cancelled(self._cancel)])
+
+        def run() -> object:
+            return version.model.generate(  # type: ignore[operator]
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                generation_config=config,
+                streamer=streamer,
+                stopping_criteria=stopping,
+            )
+
+        self._worker = threading.Thread(
+            target=self._work, args=(run, gate), name="livelm-generate", daemon=True
+        )
+        self._worker.start()
+
+    def _work(self, run: Callable[[], object], gate: PriorityGate) -> None:
+        try:
+            with gate.serving(), torch.inference_mode(), self.version.autocast():
+                run()
+        except BaseException as e:  # handed to the reader, which raises it
+            self._tokens.put(e)
+        finally:
+            self._tokens.put(_END)
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    def __iter__(self) -> Iterator[Piece]:
+        stops = self._sampling.stop
+        # Text that could still become a stop string is held back until it cannot.
+        hold = max((len(s) for s in stops), default=1) - 1
+        tokens: list[int] = []
+        sent = 0
+        reason: FinishReason = "length"
+        try:
+            while True:
+                item = self._tokens.get()
+                if item is _END:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                tokens.append(item)
+                self.completion_tokens = len(tokens)
+                if item in self._eos:
+                    reason = "stop"
+                text = self._codec.decode(tokens)
+                cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+                if cut >= 0:
+                    self.cancel()
+                    yield Piece(text[sent:cut], "stop")
+                    return
+                ready = len(text) - hold
+                if text.endswith("\ufffd"):  # a character split across tokens: wait for the rest
+                    ready = min(ready, len(text) - 1)
+                if ready > sent:
+                    yield Piece(text[sent:ready])
+                    sent = ready
+            if len(tokens) < self._sampling.max_tokens:
+                reason = "stop"
+            yield Piece(self._codec.decode(tokens)[sent:], reason)
+        finally:
+            self.cancel()

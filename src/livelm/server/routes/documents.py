@@ -1,0 +1,98 @@
+"""`/v1/documents` (ingest, status) and `/v1/score`."""
+
+from __future__ import annotations
+
+import math
+
+from fastapi import APIRouter, Response
+
+from livelm.document import Document
+from livelm.server.deps import READ, WRITE, RuntimeDep, SettingsDep, check_documents
+from livelm.server.errors import NotFoundError
+from livelm.server.schemas.documents import (
+    DocumentReceipt,
+    DocumentScore,
+    DocumentStatusOut,
+    IngestRequest,
+    IngestResponse,
+    ScoreRequest,
+    ScoreResponse,
+    finite,
+)
+
+router = APIRouter(prefix="/v1", tags=["documents"])
+
+
+@router.post("/documents", status_code=202, dependencies=WRITE)
+def post_documents(
+    body: IngestRequest, runtime: RuntimeDep, settings: SettingsDep
+) -> IngestResponse:
+    """Store documents for learning; they are on disk when this answers.
+
+    Re-sending a document (same id, same text) stores nothing and reports its state; the same
+    id with another text is a 409, and nothing of the request is stored.
+    """
+    check_documents([d.text for d in body.documents], settings)
+    docs = [
+        Document(
+            text=d.text,
+            id="" if d.id is None else str(d.id),
+            time=d.time,
+            meta=d.merged_meta(),
+        )
+        for d in body.documents
+    ]
+    accepted = runtime.ingest(docs)
+    return IngestResponse(
+        accepted=sum(not a.duplicate for a in accepted),
+        duplicates=sum(a.duplicate for a in accepted),
+        documents=[
+            DocumentReceipt(id=a.id, seq=a.seq, state=a.state, duplicate=a.duplicate)
+            for a in accepted
+        ],
+    )
+
+
+@router.get("/documents/{doc_id:path}", dependencies=READ)
+def get_document(doc_id: str, runtime: RuntimeDep) -> DocumentStatusOut:
+    """A document's state: queued, learned (and in which version), or rejected (and why)."""
+    status = runtime.queue.status(doc_id)
+    if status is None:
+        raise NotFoundError(f"no document with id {doc_id!r}", param="id")
+    return DocumentStatusOut(
+        id=status.id,
+        seq=status.seq,
+        state=status.state,
+        version=status.version,
+        loss=finite(status.loss),
+        reason=status.reason,
+        time=status.time,
+        accepted_at=status.accepted_at,
+        done_at=status.done_at,
+    )
+
+
+@router.post("/score", dependencies=READ)
+def score(
+    body: ScoreRequest, runtime: RuntimeDep, settings: SettingsDep, response: Response
+) -> ScoreResponse:
+    """Each document's loss, perplexity and surprise under the live version; nothing is
+    stored or learned."""
+    check_documents([d.text for d in body.documents], settings)
+    version = runtime.live
+    docs = [Document(d.text, id="" if d.id is None else str(d.id)) for d in body.documents]
+    scores = runtime.score(docs, version)
+    response.headers["X-Livelm-Version"] = str(version.number)
+    out = []
+    for s in scores:
+        loss = finite(s.loss)
+        out.append(
+            DocumentScore(
+                id=s.id,
+                tokens=s.tokens,
+                loss=loss,
+                perplexity=finite(math.exp(min(loss, 700.0))) if loss is not None else None,
+                surprise=None if loss is None else runtime.learner.monitor.surprise(loss),
+            )
+        )
+    return ScoreResponse(model=settings.served_name, version=version.number, documents=out)

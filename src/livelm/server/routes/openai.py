@@ -1,0 +1,215 @@
+"""OpenAI-compatible `/v1/completions`, `/v1/chat/completions` and `/v1/models`.
+
+A request takes the live version once and generates every choice with it, streamed or not;
+the version is in the `X-Livelm-Version` header and in `system_fingerprint` (`livelm-v12`).
+Streams are server-sent events ending with `data: [DONE]`, as OpenAI's are.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping
+from datetime import datetime
+
+import anyio
+from fastapi import APIRouter, Response
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+
+from livelm.server.deps import READ, LimitError, RuntimeDep, SettingsDep
+from livelm.server.errors import NotFoundError, error_body
+from livelm.server.inference import FinishReason, Generation, Piece, Sampling
+from livelm.server.schemas.openai import (
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatDelta,
+    ChatMessageOut,
+    ChatRequest,
+    Completion,
+    CompletionChoice,
+    CompletionRequest,
+    ModelCard,
+    ModelList,
+    Usage,
+)
+from livelm.server.settings import ServerSettings
+from livelm.server.versions import ServingVersion
+
+router = APIRouter(prefix="/v1", tags=["openai"], dependencies=READ)
+
+
+def _sampling(
+    body: CompletionRequest | ChatRequest, max_tokens: int, settings: ServerSettings
+) -> Sampling:
+    if body.model != settings.served_name:
+        raise NotFoundError(
+            f"model {body.model!r} is not served here; this server serves {settings.served_name!r}",
+            param="model",
+        )
+    if max_tokens > settings.max_new_tokens:
+        raise LimitError(
+            f"max_tokens {max_tokens} is past the limit of {settings.max_new_tokens} "
+            "(--max-new-tokens)",
+            param="max_tokens",
+        )
+    return Sampling(
+        max_tokens=max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        stop=tuple(body.stop),
+    )
+
+
+def _fingerprint(version: ServingVersion) -> str:
+    return f"livelm-v{version.number}"
+
+
+def _run(generation: Generation) -> tuple[str, FinishReason]:
+    text: list[str] = []
+    reason: FinishReason = "length"
+    for piece in generation:
+        text.append(piece.text)
+        reason = piece.finish_reason or reason
+    return "".join(text), reason
+
+
+async def _pieces(generation: Generation) -> AsyncIterator[Piece]:
+    """The generation's pieces, each read in a worker thread; cancelled with the request."""
+    pieces: Iterator[Piece] = iter(generation)
+    try:
+        while (piece := await anyio.to_thread.run_sync(next, pieces, None)) is not None:
+            yield piece
+    finally:
+        generation.cancel()
+
+
+def _event(chunk: BaseModel | Mapping[str, object]) -> str:
+    data = chunk.model_dump_json() if isinstance(chunk, BaseModel) else json.dumps(chunk)
+    return f"data: {data}\n\n"
+
+
+def _stream(events: AsyncIterator[str], version: ServingVersion) -> StreamingResponse:
+    async def guarded() -> AsyncIterator[str]:
+        try:
+            async for event in events:
+                yield event
+        except Exception as e:  # the status line is sent: report the failure in the stream
+            yield _event(error_body(500, f"generation failed: {e}"))
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(
+        guarded(),
+        media_type="text/event-stream",
+        headers={"X-Livelm-Version": str(version.number), "Cache-Control": "no-cache"},
+    )
+
+
+@router.post("/completions", response_model=Completion)
+def completions(
+    body: CompletionRequest, runtime: RuntimeDep, settings: SettingsDep, response: Response
+) -> Completion | StreamingResponse:
+    sampling = _sampling(body, body.max_tokens, settings)
+    version = runtime.live
+    prompts = [runtime.prompt_ids(p, sampling.max_tokens) for p in body.prompt]
+    ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+
+    def chunk(index: int, text: str, reason: FinishReason | None) -> Completion:
+        choice = CompletionChoice(index=index, text=text, finish_reason=reason)
+        return Completion(
+            id=ident,
+            created=created,
+            model=body.model,
+            choices=[choice],
+            system_fingerprint=_fingerprint(version),
+        )
+
+    if body.stream:
+
+        async def events() -> AsyncIterator[str]:
+            for index, ids in enumerate(prompts):
+                async for piece in _pieces(runtime.generate(ids, sampling, version)):
+                    yield _event(chunk(index, piece.text, piece.finish_reason))
+
+        return _stream(events(), version)
+
+    choices, usage = [], Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
+    for index, ids in enumerate(prompts):
+        generation = runtime.generate(ids, sampling, version)
+        text, reason = _run(generation)
+        choices.append(CompletionChoice(index=index, text=text, finish_reason=reason))
+        usage = _add(usage, generation)
+    response.headers["X-Livelm-Version"] = str(version.number)
+    return Completion(
+        id=ident,
+        created=created,
+        model=body.model,
+        choices=choices,
+        usage=usage,
+        system_fingerprint=_fingerprint(version),
+    )
+
+
+def _add(usage: Usage, generation: Generation) -> Usage:
+    prompt = usage.prompt_tokens + generation.prompt_tokens
+    completion = usage.completion_tokens + generation.completion_tokens
+    return Usage(
+        prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+    )
+
+
+@router.post("/chat/completions", response_model=ChatCompletion)
+def chat_completions(
+    body: ChatRequest, runtime: RuntimeDep, settings: SettingsDep, response: Response
+) -> ChatCompletion | StreamingResponse:
+    sampling = _sampling(body, body.new_tokens, settings)
+    version = runtime.live
+    prompt = runtime.codec.chat_prompt([{"role": m.role, "content": m.text} for m in body.messages])
+    ids = runtime.prompt_ids(prompt, sampling.max_tokens, raw=runtime.codec.has_chat_template)
+    ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+    if body.stream:
+
+        def chunk(delta: ChatDelta, reason: FinishReason | None = None) -> ChatCompletionChunk:
+            choice = ChatChunkChoice(index=0, delta=delta, finish_reason=reason)
+            return ChatCompletionChunk(
+                id=ident,
+                created=created,
+                model=body.model,
+                choices=[choice],
+                system_fingerprint=_fingerprint(version),
+            )
+
+        async def events() -> AsyncIterator[str]:
+            yield _event(chunk(ChatDelta(role="assistant", content="")))
+            async for piece in _pieces(runtime.generate(ids, sampling, version)):
+                if piece.text:
+                    yield _event(chunk(ChatDelta(content=piece.text)))
+                if piece.finish_reason is not None:
+                    yield _event(chunk(ChatDelta(), piece.finish_reason))
+
+        return _stream(events(), version)
+
+    generation = runtime.generate(ids, sampling, version)
+    text, reason = _run(generation)
+    response.headers["X-Livelm-Version"] = str(version.number)
+    return ChatCompletion(
+        id=ident,
+        created=created,
+        model=body.model,
+        choices=[ChatChoice(index=0, message=ChatMessageOut(content=text), finish_reason=reason)],
+        usage=_add(Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0), generation),
+        system_fingerprint=_fingerprint(version),
+    )
+
+
+@router.get("/models")
+def models(runtime: RuntimeDep, settings: SettingsDep) -> ModelList:
+    live = runtime.live
+    created = int(datetime.fromisoformat(live.manifest.created).timestamp())
+    return ModelList(
+        data=[ModelCard(id=settings.served_name, created=created, version=live.number)]
+    )

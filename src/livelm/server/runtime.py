@@ -1,0 +1,200 @@
+"""Everything a running server owns: the model, the queue, the store, the learner thread, the
+live version, and the optional feeder. The app's lifespan opens one and closes it.
+
+Data directory layout: `queue.sqlite3` (the document queue), `snapshots/` (the versions), and a
+lock file that keeps a second server off the same directory.
+"""
+
+from __future__ import annotations
+
+import copy
+import fcntl
+import logging
+import os
+import time
+from collections.abc import Sequence
+from typing import IO
+
+from livelm.document import Document
+from livelm.learner import DocScore
+from livelm.model import load_model
+from livelm.server.errors import ApiError
+from livelm.server.feeder import Feeder
+from livelm.server.gate import PriorityGate
+from livelm.server.guard import CanaryGuard, canary_documents
+from livelm.server.inference import Codec, Generation, Sampling, score_documents
+from livelm.server.learning import LearnerService, build_learner
+from livelm.server.metrics import Metrics
+from livelm.server.settings import ServerSettings
+from livelm.server.versions import ServingVersion
+from livelm.source.queue import Accepted, DocumentQueue
+from livelm.store import Manifest, SnapshotStore
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    def __init__(self, settings: ServerSettings, metrics: Metrics) -> None:
+        """Load the model, open the queue and the store, and make the live version ready.
+
+        The learner thread starts with `start()`.
+        """
+        self.settings = settings
+        self.metrics = metrics
+        data_dir = settings.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_file = _lock(data_dir, settings.lock_wait_s)
+        try:
+            self._open(settings)
+        except BaseException:
+            self._lock_file.close()
+            raise
+
+    def _open(self, settings: ServerSettings) -> None:
+        data_dir = settings.data_dir
+        loaded = load_model(settings.model, device=settings.device)
+        config = settings.learner_config
+        self.window = int(getattr(loaded.model.config, "max_position_embeddings", 0) or 0)
+        # The learner tokenizes in its own thread; request threads get their own copy.
+        self.codec = Codec(
+            copy.deepcopy(loaded.tokenizer),
+            min(config.max_tokens, self.window) if self.window else config.max_tokens,
+        )
+        self.pad_id = int(
+            loaded.tokenizer.pad_token_id
+            if loaded.tokenizer.pad_token_id is not None
+            else self.codec.encoder.boundary
+        )
+        self.eos_ids = _eos_ids(loaded.model, loaded.tokenizer.eos_token_id)
+        self.token_budget = config.token_budget
+        self.queue = DocumentQueue(data_dir / "queue.sqlite3")
+        self.store = SnapshotStore(data_dir / "snapshots", keep_last=settings.keep_last)
+        self.gate = PriorityGate(
+            max_inflight=settings.max_inflight,
+            quiet_s=settings.yield_quiet_s,
+            max_wait_s=settings.yield_max_s,
+        )
+        self._live: ServingVersion | None = None
+        self.learner = LearnerService(
+            learner=build_learner(loaded.model, loaded.tokenizer, config),
+            queue=self.queue,
+            store=self.store,
+            guard=CanaryGuard(canary_documents(settings.canary), settings.guard_max_rise),
+            gate=self.gate,
+            metrics=self.metrics,
+            settings=settings,
+            on_live=self._set_live,
+        )
+        self.learner.bootstrap()
+        self.feeder = (
+            Feeder(settings.feed, self, every=settings.feed_every, backlog=settings.feed_backlog)
+            if settings.feed is not None
+            else None
+        )
+
+    def start(self) -> None:
+        self.learner.start()
+        if self.feeder is not None:
+            self.feeder.start()
+
+    def close(self) -> None:
+        if self.feeder is not None:
+            self.feeder.stop()
+        self.learner.stop()
+        self.queue.close()
+        self._lock_file.close()
+
+    # -- versions -------------------------------------------------------------------------------
+
+    def _set_live(self, version: ServingVersion) -> None:
+        # One reference swap: a request reads `live` once and keeps that version to its end.
+        self._live = version
+
+    @property
+    def live(self) -> ServingVersion:
+        assert self._live is not None, "bootstrap makes a version live before any request"
+        return self._live
+
+    @property
+    def ready(self) -> tuple[bool, str]:
+        if self.learner.error is not None:
+            return False, f"the learner stopped: {self.learner.error!r}"
+        if not self.learner.alive:
+            return False, "the learner is not running"
+        return True, "ready"
+
+    def rollback(self, version: int) -> Manifest:
+        return self.learner.rollback(version)
+
+    # -- documents ------------------------------------------------------------------------------
+
+    def ingest(self, docs: Sequence[Document]) -> list[Accepted]:
+        """Store documents durably (all or none), then wake the learner."""
+        accepted = self.queue.put(docs)
+        fresh = sum(not a.duplicate for a in accepted)
+        self.metrics.accepted.inc(fresh)
+        self.metrics.duplicates.inc(len(accepted) - fresh)
+        if fresh:
+            self.learner.notify()
+        return accepted
+
+    def backlog(self) -> int:
+        return self.queue.queued_after(self.learner.position)
+
+    # -- inference ------------------------------------------------------------------------------
+
+    def score(self, docs: Sequence[Document], version: ServingVersion) -> list[DocScore]:
+        encoded = [self.codec.document(d) for d in docs]
+        with self.gate.serving():
+            return score_documents(version, encoded, self.pad_id, self.token_budget)
+
+    def prompt_ids(self, prompt: str, max_tokens: int, *, raw: bool = False) -> list[int]:
+        """The prompt's token ids, after the boundary token that starts every learned document
+        (a chat prompt, `raw`, carries its own special tokens)."""
+        ids = self.codec.encode(prompt)
+        if not raw:
+            ids = [self.codec.encoder.boundary, *ids]
+        if self.window and len(ids) + max_tokens > self.window:
+            raise ApiError(
+                f"the prompt has {len(ids)} tokens and asks for {max_tokens} more, past the "
+                f"model's window of {self.window} tokens; shorten the prompt or max_tokens",
+                param="prompt",
+            )
+        return ids
+
+    def generate(
+        self, prompt_ids: list[int], sampling: Sampling, version: ServingVersion
+    ) -> Generation:
+        return Generation(
+            version, self.codec, prompt_ids, sampling, self.gate, self.eos_ids, self.pad_id
+        )
+
+
+def _eos_ids(model: object, tokenizer_eos: int | None) -> list[int]:
+    """The tokens that end a generation: the model's own, and the tokenizer's."""
+    config = getattr(model, "generation_config", None)
+    found = getattr(config, "eos_token_id", None)
+    ids = set(found if isinstance(found, list) else [] if found is None else [found])
+    if tokenizer_eos is not None:
+        ids.add(tokenizer_eos)
+    return sorted(int(i) for i in ids)
+
+
+def _lock(data_dir: os.PathLike[str], wait_s: float) -> IO[bytes]:
+    """An exclusive lock on the data directory, held while the server runs (the kernel drops
+    it when the process dies, `kill -9` included). Waits up to `wait_s` seconds for it: a
+    restart may overlap the old process's last moments."""
+    handle = open(os.path.join(data_dir, ".lock"), "wb")  # noqa: SIM115  # held until close()
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return handle
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                handle.close()
+                raise RuntimeError(
+                    f"--data-dir {data_dir} is in use by another livelm serve; stop it, "
+                    "choose another directory, or wait for it with --lock-wait"
+                ) from None
+            time.sleep(0.05)

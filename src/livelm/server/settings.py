@@ -1,0 +1,128 @@
+"""The server's configuration: one frozen dataclass, validated at construction.
+
+Every limit a request can hit lives here, with the flag that changes it named in its error.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from livelm.learner import LearnerConfig, get_strategy
+from livelm.model import DEFAULT_MODEL
+
+Scope = Literal["read", "write"]
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A bearer token and what it may do: `read` (generate, score, list) or `write` (also
+    ingest documents, roll back and pin versions)."""
+
+    key: str
+    scope: Scope
+
+    def __post_init__(self) -> None:
+        if len(self.key) < 8 or any(c.isspace() for c in self.key):
+            raise ValueError("an API key needs at least 8 characters and no whitespace")
+        if self.scope not in ("read", "write"):
+            raise ValueError(f"an API key's scope is read or write, not {self.scope!r}")
+
+    def __repr__(self) -> str:  # keys never reach logs
+        return f"ApiKey(scope={self.scope!r})"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """What `livelm serve` runs: the model, where its state lives, how it learns and publishes,
+    who may call it and how much a request may ask."""
+
+    model: str = DEFAULT_MODEL
+    data_dir: Path = Path("runs/serve")  # queue.sqlite3 and snapshots/ live here
+    lock_wait_s: float = 0.0  # how long to wait for another server to leave data_dir
+    strategy: str = "online"
+    learner: LearnerConfig | None = None  # overrides the strategy's config when given
+    device: str = "auto"
+    served_name: str = "livelm"  # the model id of the OpenAI-compatible API
+    # Publishing: a version every N learning steps or T seconds, and whenever the queue runs dry.
+    publish_every_steps: int = 16
+    publish_every_s: float = 10.0
+    keep_last: int = 10
+    # The guard: a candidate whose canary loss is not finite or rose by more than this many
+    # nats per token over the live version's is refused.
+    guard_max_rise: float = 1.0
+    canary: Path | None = None  # a stream file of canary documents; None: the built-in set
+    # Feeding a stream file into the queue at startup, in order, as fast as the learner keeps up.
+    feed: Path | None = None
+    feed_every: int = 1
+    feed_backlog: int = 32  # the feeder waits while more documents than this are queued
+    api_keys: tuple[ApiKey, ...] = field(default=(), repr=False)
+    # Limits on what one request may ask.
+    max_request_bytes: int = 4 << 20
+    max_documents_per_request: int = 256
+    max_document_chars: int = 32_768
+    max_new_tokens: int = 512
+    # Serving first: at most this many model requests run at once; the learner starts a step
+    # only after no request has run for `yield_quiet_s`, or once it has waited `yield_max_s`.
+    max_inflight: int = 2
+    yield_quiet_s: float = 0.02
+    yield_max_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not self.learner_config.learns:
+            raise ValueError(
+                f"--strategy {self.strategy}: it does not learn, and serve needs a learner"
+            )
+        positive = {
+            "--publish-every-steps": self.publish_every_steps,
+            "--publish-every-s": self.publish_every_s,
+            "--keep-last": self.keep_last,
+            "--guard-max-rise": self.guard_max_rise,
+            "--feed-every": self.feed_every,
+            "--feed-backlog": self.feed_backlog,
+            "--max-request-bytes": self.max_request_bytes,
+            "--max-documents-per-request": self.max_documents_per_request,
+            "--max-document-chars": self.max_document_chars,
+            "--max-new-tokens": self.max_new_tokens,
+            "--max-inflight": self.max_inflight,
+            "--yield-max-s": self.yield_max_s,
+        }
+        for flag, value in positive.items():
+            if not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{flag} must be a positive number, not {value}")
+        if not (0 <= self.lock_wait_s < math.inf):
+            raise ValueError(f"--lock-wait must be seconds >= 0, not {self.lock_wait_s}")
+        if not (0 <= self.yield_quiet_s <= self.yield_max_s):
+            raise ValueError(
+                f"--yield-quiet-s must lie in [0, --yield-max-s], not {self.yield_quiet_s}"
+            )
+        if not self.served_name.strip():
+            raise ValueError("--served-name must not be empty")
+
+    @property
+    def learner_config(self) -> LearnerConfig:
+        return self.learner if self.learner is not None else get_strategy(self.strategy)
+
+    @property
+    def authenticated(self) -> bool:
+        return bool(self.api_keys)
+
+    def check_bind(self, host: str) -> None:
+        """Refuse to serve beyond this machine without API keys."""
+        if not self.authenticated and not is_loopback(host):
+            raise ValueError(
+                f"--host {host}: refusing to serve beyond localhost without API keys; set "
+                "--api-key-read/--api-key-write, --api-keys-file or LIVELM_API_KEYS"
+            )

@@ -1,0 +1,251 @@
+"""The embedded document queue: one SQLite file, durable on every accept, nothing to install.
+
+Each accepted document gets a row with a `seq` (its position in the stream, increasing in
+commit order) and a state:
+
+- `queued`: stored, not yet in a published version;
+- `learned`: the version that first holds its update is durable (`version` says which);
+- `rejected`: it will never be learned (`reason` says why).
+
+"Accepted" means on disk: the database runs in WAL mode with `synchronous=FULL`, so a commit
+returns only after the log is fsynced, and a `kill -9` (or a power cut) right after an accept
+loses nothing. Ids make re-sends idempotent: a document whose id is already stored is not stored
+again, and one whose id is stored with a different text is a conflict, refused as a whole
+request so that nothing is half-stored.
+
+Writes are serialized by SQLite; one connection, shared by the request threads and the learner
+thread behind a lock, is enough for the rates a single learner can absorb.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from livelm.document import Document
+
+State = Literal["queued", "learned", "rejected"]
+STATES: tuple[State, ...] = ("queued", "learned", "rejected")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS documents (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    id          TEXT    NOT NULL UNIQUE,
+    digest      TEXT    NOT NULL,
+    text        TEXT    NOT NULL,
+    time        TEXT,
+    meta        TEXT    NOT NULL,
+    state       TEXT    NOT NULL DEFAULT 'queued'
+                        CHECK (state IN ('queued', 'learned', 'rejected')),
+    version     INTEGER,
+    loss        REAL,
+    reason      TEXT,
+    accepted_at REAL    NOT NULL,
+    done_at     REAL
+);
+CREATE INDEX IF NOT EXISTS documents_state_seq ON documents (state, seq);
+"""
+
+
+class ConflictError(ValueError):
+    """A document id that is already stored with a different text."""
+
+    def __init__(self, doc_id: str) -> None:
+        super().__init__(
+            f"document {doc_id!r} is already stored with a different text; ids must be unique "
+            "per text (send a new id for a new text)"
+        )
+        self.doc_id = doc_id
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """What `put` did with one document."""
+
+    id: str
+    seq: int
+    state: State
+    duplicate: bool  # already stored before this request: nothing was written
+
+
+@dataclass(frozen=True)
+class QueuedDocument:
+    """A document as the learner takes it: the stored document and its stream position."""
+
+    seq: int
+    doc: Document
+
+
+@dataclass(frozen=True)
+class DocumentStatus:
+    id: str
+    seq: int
+    state: State
+    version: int | None  # the version that first holds its update (learned only)
+    loss: float | None  # its prequential loss when it was learned (nats per token)
+    reason: str | None  # why it was rejected
+    time: str | None
+    accepted_at: float
+    done_at: float | None
+
+
+def text_digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class DocumentQueue:
+    """A durable, idempotent document queue in one SQLite file.
+
+    >>> import tempfile, pathlib
+    >>> q = DocumentQueue(pathlib.Path(tempfile.mkdtemp()) / "queue.sqlite3")
+    >>> [a.duplicate for a in q.put([Document("one", id="a"), Document("one", id="a")])]
+    [False, True]
+    >>> [d.doc.id for d in q.take(after=0, limit=10)]
+    ['a']
+    """
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT) below.
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")  # a commit is fsynced before it returns
+        self._db.execute("PRAGMA busy_timeout=10000")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def put(self, docs: Sequence[Document]) -> list[Accepted]:
+        """Store documents in one transaction; durable when this returns.
+
+        Raises ConflictError (and stores nothing) if an id is already stored, or repeated in
+        `docs`, with a different text.
+        """
+        now = time.time()
+        results: list[Accepted] = []
+        seen: dict[str, str] = {}
+        with self._transaction() as db:
+            for doc in docs:
+                digest = text_digest(doc.text)
+                if seen.get(doc.id, digest) != digest:
+                    raise ConflictError(doc.id)
+                seen[doc.id] = digest
+                row = db.execute(
+                    "SELECT seq, digest, state FROM documents WHERE id = ?", (doc.id,)
+                ).fetchone()
+                if row is not None:
+                    if row[1] != digest:
+                        raise ConflictError(doc.id)
+                    results.append(Accepted(doc.id, row[0], row[2], duplicate=True))
+                    continue
+                cursor = db.execute(
+                    "INSERT INTO documents (id, digest, text, time, meta, accepted_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (doc.id, digest, doc.text, doc.time, json.dumps(doc.meta), now),
+                )
+                assert cursor.lastrowid is not None
+                results.append(Accepted(doc.id, cursor.lastrowid, "queued", duplicate=False))
+        return results
+
+    def take(self, *, after: int, limit: int) -> list[QueuedDocument]:
+        """The first `limit` queued documents past position `after`, in stream order.
+
+        Taking changes nothing: a document stays queued until `ack` or `reject`, so one taken
+        by a learner that then crashes is taken again after the restart.
+        """
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, id, text, time, meta FROM documents "
+                "WHERE state = 'queued' AND seq > ? ORDER BY seq LIMIT ?",
+                (after, limit),
+            ).fetchall()
+        return [
+            QueuedDocument(seq, Document(text=text, id=doc_id, time=t, meta=json.loads(meta)))
+            for seq, doc_id, text, t, meta in rows
+        ]
+
+    def ack(self, learned: Iterable[tuple[int, float | None]], version: int) -> int:
+        """Mark `(seq, loss)` documents learned in `version`; already-final ones are left as
+        they are. Returns how many changed."""
+        now = time.time()
+        rows = [(version, loss, now, seq) for seq, loss in learned]
+        with self._transaction() as db:
+            changed = 0
+            for row in rows:
+                changed += db.execute(
+                    "UPDATE documents SET state = 'learned', version = ?, loss = ?, done_at = ? "
+                    "WHERE seq = ? AND state = 'queued'",
+                    row,
+                ).rowcount
+        return changed
+
+    def reject(self, seqs: Iterable[int], reason: str) -> int:
+        """Mark queued documents rejected, with the reason; returns how many changed."""
+        now = time.time()
+        with self._transaction() as db:
+            changed = 0
+            for seq in seqs:
+                changed += db.execute(
+                    "UPDATE documents SET state = 'rejected', reason = ?, done_at = ? "
+                    "WHERE seq = ? AND state = 'queued'",
+                    (reason, now, seq),
+                ).rowcount
+        return changed
+
+    def status(self, doc_id: str) -> DocumentStatus | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT id, seq, state, version, loss, reason, time, accepted_at, done_at "
+                "FROM documents WHERE id = ?",
+                (doc_id,),
+            ).fetchone()
+        return None if row is None else DocumentStatus(*row)
+
+    def counts(self) -> dict[State, int]:
+        """Documents per state."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT state, COUNT(*) FROM documents GROUP BY state"
+            ).fetchall()
+        found: dict[str, int] = dict(rows)
+        return {state: found.get(state, 0) for state in STATES}
+
+    def queued_after(self, position: int) -> int:
+        """How many queued documents lie past `position`."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COUNT(*) FROM documents WHERE state = 'queued' AND seq > ?", (position,)
+            ).fetchone()
+        return int(row[0])
+
+    def dump(self) -> list[dict[str, Any]]:
+        """Every row but the text, in stream order (for checks and tests)."""
+        with self._lock:
+            cursor = self._db.execute(
+                "SELECT seq, id, state, version, loss, reason FROM documents ORDER BY seq"
+            )
+            names = [c[0] for c in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
