@@ -154,7 +154,7 @@ class Learner:
             # to the adapters' fp32 only adds two activation copies per adapted layer.
             for module in peft_model.modules():
                 if isinstance(module, BaseTunerLayer):
-                    module.cast_input_dtype_enabled = False
+                    module.cast_input_dtype_enabled = False  # type: ignore[assignment]
         return peft_model  # type: ignore[return-value]
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
