@@ -111,6 +111,12 @@ def add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.add_argument("--feed", type=Path, default=None, help="feed a stream file into the queue")
     p.add_argument("--feed-every", type=int, default=None, help="feed every n-th document")
     p.add_argument(
+        "--feed-backlog",
+        type=int,
+        default=d.feed_backlog,
+        help="the feeder waits while more documents than this wait for the learner",
+    )
+    p.add_argument(
         "--demo",
         action="store_true",
         help=f"feed the State of the Union addresses, 1790-2021 (every {DEMO_EVERY}th paragraph)",
@@ -124,7 +130,19 @@ def add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.add_argument("--max-documents-per-request", type=int, default=d.max_documents_per_request)
     p.add_argument("--max-document-chars", type=int, default=d.max_document_chars)
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
-    p.add_argument("--max-inflight", type=int, default=d.max_inflight)
+    p.add_argument("--max-inflight", type=int, default=d.max_inflight, help="model requests")
+    p.add_argument(
+        "--yield-quiet-s",
+        type=float,
+        default=d.yield_quiet_s,
+        help="the learner steps once no request has run for this long",
+    )
+    p.add_argument(
+        "--yield-max-s",
+        type=float,
+        default=d.yield_max_s,
+        help="or once it has waited this long (learning never starves)",
+    )
     p.add_argument("--quiet", action="store_true", help="log warnings only")
 
 
@@ -154,6 +172,7 @@ def run_serve(args: argparse.Namespace) -> None:
         canary=args.canary,
         feed=feed,
         feed_every=every or 1,
+        feed_backlog=args.feed_backlog,
         api_keys=load_api_keys(
             args.api_key_read, args.api_key_write, args.api_keys_file, os.environ.get(ENV_VAR)
         ),
@@ -162,5 +181,7 @@ def run_serve(args: argparse.Namespace) -> None:
         max_document_chars=args.max_document_chars,
         max_new_tokens=args.max_new_tokens,
         max_inflight=args.max_inflight,
+        yield_quiet_s=args.yield_quiet_s,
+        yield_max_s=args.yield_max_s,
     )
     serve(settings, host=args.host, port=args.port, quiet=args.quiet)
