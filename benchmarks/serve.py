@@ -46,20 +46,10 @@ PACE = 0.2  # seconds between requests in the paced busy phase: gaps the learner
 
 def tiny_model(directory: Path) -> Path:
     """The tests' tiny Llama (2 layers, 64 wide) and its tokenizer, as a model directory."""
-    import torch
-
     sys.path.insert(0, str(ROOT))
-    from tests.gguf_writer import build_model, build_tokenizer, to_transformers_tokenizer
+    from tests.gguf_writer import save_tiny_model_dir
 
-    tokenizer = to_transformers_tokenizer(build_tokenizer())
-    model = build_model(len(tokenizer), seed=0)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if not name.endswith("norm.weight"):
-                param.normal_(0.0, 0.05)
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    return save_tiny_model_dir(directory)
 
 
 def news(skip: int, n: int, tag: str) -> list[dict[str, str]]:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from livelm.model import LoadedModel, load_model
-from tests.gguf_writer import build_model, build_tokenizer, to_transformers_tokenizer
+from tests.gguf_writer import save_tiny_model_dir
 
 
 @pytest.fixture(autouse=True)
@@ -33,16 +33,7 @@ def one_thread() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer, 64-wide Llama and its byte-level BPE tokenizer, as a HF directory."""
-    path = tmp_path_factory.mktemp("tiny-llama")
-    tokenizer = to_transformers_tokenizer(build_tokenizer())
-    model = build_model(len(tokenizer), seed=0)
-    with torch.no_grad():  # gentler weights than the GGUF test's, so losses are realistic
-        for name, param in model.named_parameters():
-            if not name.endswith("norm.weight"):
-                param.normal_(0.0, 0.05)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_tiny_model_dir(tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture

@@ -200,3 +200,17 @@ def write_llama_gguf(
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def save_tiny_model_dir(path: Path) -> Path:
+    """The tiny Llama with gentler weights (losses like a real model's) and its tokenizer,
+    saved as a Hugging Face model directory: the tests' and benchmarks' `--model`."""
+    tokenizer = to_transformers_tokenizer(build_tokenizer())
+    model = build_model(len(tokenizer), seed=0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if not name.endswith("norm.weight"):
+                param.normal_(0.0, 0.05)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
