@@ -10,6 +10,7 @@ import torch
 
 from livelm.document import Document
 from livelm.learner import Learner, get_strategy
+from livelm.learner.packing import pack
 from livelm.model import LoadedModel
 
 FP32 = {"precision": "fp32"}
@@ -155,3 +156,21 @@ def test_a_bad_config_names_what_is_wrong() -> None:
         get_strategy("online").replace(token_budget=8, max_tokens=64)
     with pytest.raises(ValueError, match="not known"):
         get_strategy("nonsense")
+
+
+def test_packing_fills_rows_without_splitting_or_repeating_a_chunk() -> None:
+    chunks = [tuple(range(100 + i, 100 + i + n)) for i, n in enumerate([5, 30, 2, 17, 9, 30, 1])]
+    batches = list(pack(chunks, row_tokens=32, token_budget=64, pad_id=0))
+    seen: list[int] = []
+    for b in batches:
+        assert b.tokens <= 64
+        for r in range(b.ids.shape[0]):
+            row = b.owner[r].tolist()
+            for i in sorted(set(row) - {-1}):
+                at = [t for t, o in enumerate(row) if o == i]
+                assert at == list(range(at[0], at[0] + len(chunks[i])))  # contiguous, whole
+                assert b.ids[r, at].tolist() == list(chunks[i])
+                assert b.positions[r, at].tolist() == list(range(len(chunks[i])))
+                seen.append(i)
+    assert sorted(seen) == list(range(len(chunks)))
+    assert sum(b.ids.shape[0] for b in batches) < len(chunks)  # rows really hold several chunks

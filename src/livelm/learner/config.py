@@ -19,9 +19,10 @@ Precision = Literal["auto", "bf16", "fp32"]
 class LearnerConfig:
     """How one learner scores and updates.
 
-    A step takes up to `max_docs_per_step` documents; its forward/backward passes run in
-    micro-batches of at most `token_budget` padded tokens whose gradients accumulate into one
-    update. The loss is the token-weighted mean cross-entropy over the step.
+    A step takes up to `max_docs_per_step` documents; their chunks are packed without padding
+    into rows of `row_tokens` (longer chunks get a row of their own), and the forward/backward
+    passes run in micro-batches of at most `token_budget` tokens whose gradients accumulate into
+    one update. The loss is the token-weighted mean cross-entropy over the step.
     """
 
     update: Update = "lora"
@@ -34,6 +35,7 @@ class LearnerConfig:
     precision: Precision = "auto"
     max_docs_per_step: int = 16
     token_budget: int = 2048
+    row_tokens: int = 256
     max_tokens: int = 1024  # chunk length, boundary token included
     lora_r: int = 16
     lora_alpha: int = 32
@@ -53,6 +55,8 @@ class LearnerConfig:
                 f"token_budget ({self.token_budget}) must hold one full chunk "
                 f"(max_tokens={self.max_tokens})"
             )
+        if self.row_tokens < 2:
+            raise ValueError(f"row_tokens must be at least 2, not {self.row_tokens}")
         if self.max_tokens < 2:
             raise ValueError(f"max_tokens must be at least 2, not {self.max_tokens}")
         if self.clip_norm is not None and self.clip_norm <= 0:

@@ -11,12 +11,11 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import PreTrainedModel
@@ -26,6 +25,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from livelm.document import Document
 from livelm.learner.config import LearnerConfig
 from livelm.learner.encoding import EncodedDocument, Encoder
+from livelm.learner.packing import pack, token_nll
 from livelm.model.device import autocast_dtype_for
 
 
@@ -65,20 +65,6 @@ class Regularizer(Protocol):
     def penalty(self) -> torch.Tensor:
         """A differentiable fp32 scalar."""
         ...
-
-
-def _chunk_batches(lengths: Sequence[int], token_budget: int) -> Iterator[list[int]]:
-    """Group chunk indices, longest first, so that (rows x longest row) stays in the budget."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    group: list[int] = []
-    for i in order:
-        width = lengths[group[0]] if group else lengths[i]
-        if group and (len(group) + 1) * width > token_budget:
-            yield group
-            group = []
-        group.append(i)
-    if group:
-        yield group
 
 
 class Learner:
@@ -201,33 +187,17 @@ class Learner:
         grad: bool,
     ) -> list[float]:
         """Summed NLL of each chunk; with `grad`, accumulates d(weighted mean loss)/dθ."""
-        sums = [0.0] * len(chunks)
-        lengths = [len(c) for c in chunks]
-        for group in _chunk_batches(lengths, self.config.token_budget):
-            width = lengths[group[0]]
-            ids = torch.full((len(group), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(group), width), dtype=torch.long)
-            for row, i in enumerate(group):
-                ids[row, : lengths[i]] = torch.tensor(chunks[i])
-                mask[row, : lengths[i]] = 1
-            ids, mask = ids.to(self.device), mask.to(self.device)
+        sums = torch.zeros(len(chunks), device=self.device)
+        w = torch.tensor(weights, device=self.device)
+        c = self.config
+        for batch in pack(chunks, c.row_tokens, c.token_budget, self.pad_id):
             with self._autocast():
-                logits = self.model(input_ids=ids, attention_mask=mask).logits
-            # logits: (rows, width, vocab); position t predicts token t+1. Only the real
-            # (unpadded) positions go through the fp32 cross-entropy: on a CPU the softmax over
-            # the vocabulary costs as much as a third of the step.
-            valid = mask[:, 1:].bool()  # (rows, width-1)
-            nll = F.cross_entropy(
-                logits[:, :-1][valid].float(), ids[:, 1:][valid], reduction="none"
-            )
-            row_of = torch.arange(len(group), device=self.device).unsqueeze(1).expand_as(valid)
-            row_sums = torch.zeros(len(group), device=self.device).index_add(0, row_of[valid], nll)
+                nll, owner = token_nll(self.model, batch, self.device)
             if grad:
-                w = torch.tensor([weights[i] for i in group], device=self.device)
-                ((row_sums * w).sum() / denominator).backward()
-            for row, value in zip(group, row_sums.detach().cpu().tolist(), strict=True):
-                sums[row] = value  # .tolist() above is the CPU-GPU sync point of the step
-        return sums
+                ((nll * w[owner]).sum() / denominator).backward()
+            sums.index_add_(0, owner, nll.detach())
+        # .tolist() is the CPU-GPU sync point of the step
+        return [float(x) for x in sums.cpu().tolist()]
 
     def _per_document(
         self, docs: Sequence[EncodedDocument], sums: Sequence[float]

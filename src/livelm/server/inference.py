@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from livelm.document import Document
 from livelm.learner import DocScore, EncodedDocument, Encoder
+from livelm.learner.packing import pack, token_nll
 from livelm.server.gate import PriorityGate
 from livelm.server.versions import ServingVersion
 
@@ -66,41 +66,24 @@ class Codec:
 
 
 def score_documents(
-    version: ServingVersion, docs: Sequence[EncodedDocument], pad_id: int, token_budget: int
+    version: ServingVersion,
+    docs: Sequence[EncodedDocument],
+    pad_id: int,
+    token_budget: int,
+    row_tokens: int,
 ) -> list[DocScore]:
-    """Each document's mean NLL under `version`, in micro-batches of at most `token_budget`
-    padded tokens (longest chunks first, so the padding stays small)."""
-    chunks = [(i, c) for i, d in enumerate(docs) for c in d.chunks]
-    sums = [0.0] * len(docs)
-    order = sorted(range(len(chunks)), key=lambda k: -len(chunks[k][1]))
-    groups: list[list[int]] = []
-    for k in order:
-        if groups and (len(groups[-1]) + 1) * len(chunks[groups[-1][0]][1]) <= token_budget:
-            groups[-1].append(k)
-        else:
-            groups.append([k])
+    """Each document's mean NLL under `version`, its chunks packed as the learner packs them."""
+    chunks = [c for d in docs for c in d.chunks]
+    owner_doc = torch.tensor([i for i, d in enumerate(docs) for _ in d.chunks], dtype=torch.long)
     device = next(version.model.parameters()).device
+    sums = torch.zeros(len(docs), device=device)
     with torch.inference_mode(), version.autocast():
-        for group in groups:
-            width = len(chunks[group[0]][1])
-            ids = torch.full((len(group), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(group), width), dtype=torch.long)
-            for row, k in enumerate(group):
-                chunk = chunks[k][1]
-                ids[row, : len(chunk)] = torch.tensor(chunk)
-                mask[row, : len(chunk)] = 1
-            ids, mask = ids.to(device), mask.to(device)
-            logits = version.model(input_ids=ids, attention_mask=mask).logits
-            valid = mask[:, 1:].bool()  # (rows, width-1): position t predicts token t+1
-            nll = F.cross_entropy(
-                logits[:, :-1][valid].float(), ids[:, 1:][valid], reduction="none"
-            )
-            rows = torch.arange(len(group), device=device).unsqueeze(1).expand_as(valid)
-            row_sums = torch.zeros(len(group), device=device).index_add(0, rows[valid], nll)
-            for k, value in zip(group, row_sums.cpu().tolist(), strict=True):
-                sums[chunks[k][0]] += value
+        for batch in pack(chunks, row_tokens, token_budget, pad_id):
+            nll, owner = token_nll(version.model, batch, device)
+            sums.index_add_(0, owner_doc.to(device)[owner], nll)
+    totals = sums.cpu().tolist()
     return [
-        DocScore(id=d.doc.id, loss=sums[i] / d.tokens if d.tokens else math.nan, tokens=d.tokens)
+        DocScore(id=d.doc.id, loss=totals[i] / d.tokens if d.tokens else math.nan, tokens=d.tokens)
         for i, d in enumerate(docs)
     ]
 

@@ -67,6 +67,7 @@ class Runtime:
         )
         self.eos_ids = _eos_ids(loaded.model, loaded.tokenizer.eos_token_id)
         self.token_budget = config.token_budget
+        self.row_tokens = config.row_tokens
         self.queue = DocumentQueue(data_dir / "queue.sqlite3")
         self.store = SnapshotStore(data_dir / "snapshots", keep_last=settings.keep_last)
         self.gate = PriorityGate(
@@ -146,7 +147,9 @@ class Runtime:
     def score(self, docs: Sequence[Document], version: ServingVersion) -> list[DocScore]:
         encoded = [self.codec.document(d) for d in docs]
         with self.gate.serving():
-            return score_documents(version, encoded, self.pad_id, self.token_budget)
+            return score_documents(
+                version, encoded, self.pad_id, self.token_budget, self.row_tokens
+            )
 
     def prompt_ids(self, prompt: str, max_tokens: int, *, raw: bool = False) -> list[int]:
         """The prompt's token ids, after the boundary token that starts every learned document
