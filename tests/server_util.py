@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -9,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -80,3 +86,49 @@ def running(app: FastAPI) -> Iterator[str]:
         server.should_exit = True
         thread.join(60)
         sock.close()
+
+
+SERVE = [sys.executable, "-m", "livelm", "serve"]
+_URL = re.compile(r"livelm serve: (http://\S+) ")
+
+
+class ServeProcess:
+    """One real `livelm serve ARGS` process on a free loopback port, its stderr in `log`."""
+
+    def __init__(self, args: list[str], log: Path) -> None:
+        self.log = log
+        with open(log, "ab") as stderr:
+            self.proc = subprocess.Popen(
+                [*SERVE, *args, "--port", "0", "--quiet"],
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+                # One thread: the tiny model gains nothing from more, and on a busy CI machine
+                # OpenMP teams that outnumber the free cores slow a step a hundredfold.
+                env=os.environ | {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"},
+            )
+        self._url = ""
+
+    @property
+    def url(self) -> str:
+        """The address it printed once bound (before it loads anything)."""
+        assert self.proc.stdout is not None
+        while not self._url:
+            line = self.proc.stdout.readline()
+            assert line, f"the server exited without an address; see {self.log}"
+            if match := _URL.search(line):
+                self._url = match.group(1)
+        return self._url
+
+    def wait_ready(self) -> None:
+        def ready() -> bool:
+            try:
+                return httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(ready, timeout=120, every=0.05)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        self.proc.send_signal(sig)
+        self.proc.wait()

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from livelm.document import Document
 from livelm.learner import Learner
+from livelm.policy import PolicyLearner
 from livelm.server import create_app
 from livelm.server.inference import Sampling
 from livelm.server.runtime import Runtime
@@ -182,3 +183,20 @@ def test_surprise_is_a_z_score_against_the_stream(client: TestClient) -> None:
     assert usual["surprise"] is not None and odd["surprise"] is not None
     assert odd["surprise"] > usual["surprise"]
     assert usual["perplexity"] == pytest.approx(math.exp(usual["loss"]))
+
+
+def test_the_servers_learner_runs_the_strategys_policies(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    settings = tiny_settings(
+        tiny_model_dir, tmp_path / "data", strategy="online+replay=1+anchor=l2sp:0.1"
+    )
+    with TestClient(create_app(settings)) as client:
+        learner = runtime_of(client).learner.learner
+        assert isinstance(learner, PolicyLearner) and learner.policy.replay == 1.0
+        for i in range(6):
+            client.post("/v1/documents", json={"id": f"d{i}", "text": f"Day {i}: {TEXT}"})
+            assert wait_done(client, f"d{i}")["state"] == "learned"
+        assert learner.docs_seen == 6
+        assert learner.replayed > 0  # replayed documents were learned from, never scored
+        assert learner.learner.regularizers  # anchored to the base weights

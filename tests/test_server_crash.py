@@ -7,10 +7,6 @@ from __future__ import annotations
 import collections
 import os
 import random
-import re
-import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -21,63 +17,21 @@ from transformers import AutoModelForCausalLM
 
 from livelm.source.queue import DocumentQueue
 from livelm.store import SnapshotStore
-from tests.server_util import wait_for
+from tests.server_util import ServeProcess, wait_for
 
 ROUNDS = 10
-SERVE = [sys.executable, "-m", "livelm", "serve"]
-_URL = re.compile(r"livelm serve: (http://\S+) ")
 _WORDS = ["river", "town", "bridge", "storm", "vote", "market", "court", "school", "rain"]
 
 
-class Server:
-    """One `livelm serve` process on a free loopback port.
-
-    It waits up to a minute for the data directory (`--lock-wait`), so the next round's server
-    is started while this round's serves: its seconds of imports overlap the round, and it
-    takes over the moment the kill releases the lock.
-    """
-
-    def __init__(self, model_dir: Path, data_dir: Path, log: Path) -> None:
-        args = ["--model", str(model_dir), "--data-dir", str(data_dir), "--port", "0"]
-        args += ["--device", "cpu", "--lr", "0.01", "--publish-every-steps", "1"]
-        args += ["--keep-last", "100000", "--quiet"]  # keep every version, to check them all
-        args += ["--lock-wait", "60"]
-        self.log = log
-        with open(log, "ab") as stderr:
-            self.proc = subprocess.Popen(
-                [*SERVE, *args],
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                text=True,
-                # One thread: the tiny model gains nothing from more, and on a busy CI machine
-                # OpenMP teams that outnumber the free cores slow a step a hundredfold.
-                env=os.environ | {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"},
-            )
-        self._url = ""
-
-    @property
-    def url(self) -> str:
-        """The address it printed once bound (before it waits for the data directory)."""
-        assert self.proc.stdout is not None
-        while not self._url:
-            line = self.proc.stdout.readline()
-            assert line, f"the server exited without an address; see {self.log}"
-            if match := _URL.search(line):
-                self._url = match.group(1)
-        return self._url
-
-    def wait_ready(self) -> None:
-        def ready() -> bool:
-            try:
-                return httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(ready, timeout=120, every=0.05)
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
+def spawn_server(model_dir: Path, data_dir: Path, log: Path) -> ServeProcess:
+    """It waits up to a minute for the data directory (`--lock-wait`), so the next round's
+    server is started while this round's serves: its seconds of imports overlap the round, and
+    it takes over the moment the kill releases the lock."""
+    args = ["--model", str(model_dir), "--data-dir", str(data_dir), "--device", "cpu"]
+    args += ["--lr", "0.01", "--publish-every-steps", "1"]
+    args += ["--keep-last", "100000"]  # keep every version, to check them all
+    args += ["--lock-wait", "60"]
+    return ServeProcess(args, log)
 
 
 class Poster(threading.Thread):
@@ -122,10 +76,10 @@ def test_kill_9_at_random_moments_loses_nothing_and_learns_everything_once(
     rng = random.Random(seed)
     data, log = tmp_path / "data", tmp_path / "server.log"
     accepted: dict[str, str] = {}
-    spawned: list[Server] = []
+    spawned: list[ServeProcess] = []
 
-    def spawn() -> Server:
-        spawned.append(Server(tiny_model_dir, data, log))
+    def spawn() -> ServeProcess:
+        spawned.append(spawn_server(tiny_model_dir, data, log))
         return spawned[-1]
 
     try:

@@ -13,8 +13,10 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from redis import RedisError
 from tqdm import tqdm
 
+from livelm.cli.learn import add_learn_parsers, run_ingest, run_learn
 from livelm.cli.serve import add_serve_parser, run_serve
 from livelm.learner import StepReport, Tally
 from livelm.model import DEFAULT_MODEL, cache_root, load_model
@@ -180,6 +182,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--docs", type=int, default=500, help="paragraphs, spread over 1790-2021")
 
     add_serve_parser(sub)
+    add_learn_parsers(sub)
     return parser
 
 
@@ -217,9 +220,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             demo(model=args.model, out=args.out, docs=args.docs)
         elif args.command == "serve":
             run_serve(args)
-    except (StreamError, ValueError, FileNotFoundError, RuntimeError) as e:
+        elif args.command == "learn":
+            run_learn(args)
+        elif args.command == "ingest":
+            run_ingest(args)
+    except (StreamError, ValueError, FileNotFoundError, RuntimeError, RedisError) as e:
         print(f"livelm {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        # Under torchrun a failed worker exits with status 1: seen here, a group whose worker
+        # exited with status 2 was not restarted by the agent within a minute.
+        return 1 if "TORCHELASTIC_RESTART_COUNT" in os.environ else 2
     return 0
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import uvicorn
 
-from livelm.learner import STRATEGIES, get_strategy
 from livelm.model import DEFAULT_MODEL, cache_root
+from livelm.policy import known_strategies, parse_strategy
 from livelm.server import ServerSettings, create_app
 from livelm.server.auth import ENV_VAR, load_api_keys
 from livelm.source.sotu import write_sotu_stream
@@ -92,9 +92,28 @@ def add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         default=d.lock_wait_s,
         help="seconds to wait for another server to leave --data-dir (a restart)",
     )
-    p.add_argument("--strategy", default=d.strategy, help=f"known: {', '.join(STRATEGIES)}")
+    p.add_argument(
+        "--strategy",
+        default=d.strategy,
+        help="a preset or a name+key=value spec, as replay's; presets: "
+        + ", ".join(known_strategies()),
+    )
     p.add_argument("--lr", type=float, default=None, help="override the strategy's rate")
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda, ...")
+    p.add_argument(
+        "--follow",
+        type=Path,
+        default=None,
+        metavar="STORE",
+        help="a replica: serve the versions livelm learn workers publish into STORE; learn "
+        "nothing (rollback through any replica reaches all)",
+    )
+    p.add_argument(
+        "--source",
+        default=None,
+        help="with --follow: POST /v1/documents adds to this Redis stream "
+        "(redis://host:port/db?stream=NAME&group=GROUP)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="beyond localhost only with API keys")
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     p.add_argument("--served-name", default=d.served_name, help="the model id clients send")
@@ -150,11 +169,13 @@ def run_serve(args: argparse.Namespace) -> None:
     """Build the settings from parsed flags and serve."""
     if args.demo and args.feed is not None:
         raise ValueError("--demo feeds the State of the Union stream; drop --feed or --demo")
+    if args.follow is not None and (args.demo or args.feed is not None):
+        raise ValueError("--follow serves what learners publish: it takes no --demo or --feed")
     feed, every = args.feed, args.feed_every
     if args.demo:
         feed, _ = write_sotu_stream(cache_root() / "sotu.jsonl", cache_root() / "npm")
         every = every or DEMO_EVERY
-    learner = get_strategy(args.strategy)
+    learner = parse_strategy(args.strategy).learner
     if args.lr is not None:
         learner = learner.replace(lr=args.lr)
     settings = ServerSettings(
@@ -164,6 +185,8 @@ def run_serve(args: argparse.Namespace) -> None:
         strategy=args.strategy,
         learner=learner,
         device=args.device,
+        follow=args.follow,
+        source=args.source,
         served_name=args.served_name,
         publish_every_steps=args.publish_every_steps,
         publish_every_s=args.publish_every_s,

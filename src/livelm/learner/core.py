@@ -24,6 +24,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from livelm.document import Document
 from livelm.learner.config import LearnerConfig
+from livelm.learner.distributed import GradientSync
 from livelm.learner.encoding import EncodedDocument, Encoder
 from livelm.learner.packing import pack, token_nll
 from livelm.model.device import autocast_dtype_for
@@ -110,6 +111,8 @@ class Learner:
         self.optimizer = self._make_optimizer() if config.learns else None
         # Penalties summed into every update's loss; policies append to it (anchoring).
         self.regularizers: list[Regularizer] = []
+        # Set for data-parallel learning: sums the step's tokens, loss and gradients over ranks.
+        self.sync: GradientSync | None = None
         self.steps = 0
         self.updates = 0
         self.skipped_updates = 0
@@ -240,7 +243,9 @@ class Learner:
         total = torch.stack([r.penalty() for r in self.regularizers]).sum()
         value = float(total.detach())  # a CPU-GPU sync point, once per step
         if math.isfinite(value):
-            total.backward()
+            # Every rank holds the same weights, so the same penalty: its gradient is counted
+            # once in the sum over ranks.
+            (total / (1 if self.sync is None else self.sync.world)).backward()
         return value
 
     def step(
@@ -277,12 +282,17 @@ class Learner:
         chunks = [c for d in all_docs for c in d.chunks]
         weights = [w for d, w in zip(all_docs, doc_weights, strict=True) for _ in d.chunks]
         denominator = sum(w * (len(c) - 1) for c, w in zip(chunks, weights, strict=True))
+        if self.sync is not None:  # data-parallel: the step's tokens over every rank
+            denominator = self.sync.sum([denominator])[0]
         lr = self.current_lr()
         if denominator <= 0:
             return self._finish(docs, [0.0] * len(chunks), None, lr, "no tokens", started)
         self.optimizer.zero_grad(set_to_none=True)
         sums = self._nll_sums(chunks, weights, denominator, grad=True)
-        loss = sum(s * w for s, w in zip(sums, weights, strict=True)) / denominator
+        weighted = sum(s * w for s, w in zip(sums, weights, strict=True))
+        if self.sync is not None:
+            weighted = self.sync.sum([weighted])[0]  # a NaN on any rank makes every rank skip
+        loss = weighted / denominator
         if not math.isfinite(loss):
             self.optimizer.zero_grad(set_to_none=True)
             return self._finish(docs, sums, loss, lr, "non-finite loss", started)
@@ -290,6 +300,8 @@ class Learner:
         if not math.isfinite(penalty):
             self.optimizer.zero_grad(set_to_none=True)
             return self._finish(docs, sums, loss, lr, "non-finite penalty", started)
+        if self.sync is not None:
+            self.sync.gradients(self.params)
         max_norm = self.config.clip_norm if self.config.clip_norm is not None else math.inf
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
         if not math.isfinite(grad_norm):

@@ -12,13 +12,14 @@ from livelm.policy.memory import MemoryItem
 from livelm.policy.monitor import EmergingTerms, SurpriseMonitor, TopSurprises
 from livelm.policy.reservoir import Reservoir
 from livelm.policy.span import Span, stream_time
-from livelm.policy.stack import PolicyLearner
+from livelm.policy.stack import PolicyLearner, build_learner, core_learner
 from livelm.policy.strategy import (
     POLICY_OPTIONS,
     POLICY_PRESETS,
     Strategy,
     known_strategies,
     parse_strategies,
+    parse_strategy,
 )
 from livelm.policy.window import SlidingWindow
 
@@ -44,9 +45,12 @@ __all__ = [
     "Strategy",
     "SurpriseMonitor",
     "TopSurprises",
+    "build_learner",
+    "core_learner",
     "decay_weight",
     "known_strategies",
     "make_anchor",
     "parse_strategies",
+    "parse_strategy",
     "stream_time",
 ]

@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from transformers import PreTrainedModel
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from livelm.document import Document
 from livelm.learner.config import LearnerConfig
@@ -109,6 +110,12 @@ class PolicyLearner:
     def encode(self, doc: Document) -> EncodedDocument:
         return self.learner.encode(doc)
 
+    def rewarm(self) -> None:
+        self.learner.rewarm()
+
+    def reset_optimizer(self) -> None:
+        self.learner.reset_optimizer()
+
     def score(self, docs: Sequence[EncodedDocument]) -> tuple[DocScore, ...]:
         """Scores and surprises under the current weights and statistics; changes neither."""
         return tuple(
@@ -189,3 +196,22 @@ class PolicyLearner:
                 log.warning("drift webhook failed (%d so far): %s", self.webhook_failures, e)
         if self.on_drift is not None:
             self.on_drift(event)
+
+
+def build_learner(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    config: LearnerConfig,
+    policy: PolicyConfig | None = None,
+    reference: Sequence[Document] = (),
+) -> Learner | PolicyLearner:
+    """The core learner, wrapped in `policy` (replay, windows, drift detection, anchoring; EWC's
+    Fisher information from `reference`) when it has one: what the server and workers run."""
+    learner = Learner(model, tokenizer, config)
+    if policy is None or policy == PolicyConfig():
+        return learner
+    return PolicyLearner(learner, policy, reference=reference)
+
+
+def core_learner(learner: Learner | PolicyLearner) -> Learner:
+    return learner.learner if isinstance(learner, PolicyLearner) else learner

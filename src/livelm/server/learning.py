@@ -36,11 +36,9 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
-from transformers import PreTrainedModel
-from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from livelm.document import Document
-from livelm.learner import DocScore, EncodedDocument, Learner, LearnerConfig, StepReport
+from livelm.learner import DocScore, EncodedDocument, LearnerConfig, StepReport
 from livelm.model import autocast_dtype_for
 from livelm.policy.monitor import SurpriseMonitor
 from livelm.server.gate import PriorityGate
@@ -77,13 +75,6 @@ class StepLearner(Protocol):
     def reset_optimizer(self) -> None: ...
 
     def rewarm(self) -> None: ...
-
-
-def build_learner(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: LearnerConfig
-) -> StepLearner:
-    """The one place the server makes its learner."""
-    return Learner(model, tokenizer, config)
 
 
 @dataclass

@@ -18,16 +18,19 @@ from typing import IO
 from livelm.document import Document
 from livelm.learner import DocScore
 from livelm.model import load_model
+from livelm.policy import build_learner
 from livelm.server.errors import ApiError
 from livelm.server.feeder import Feeder
+from livelm.server.follower import Follower
 from livelm.server.gate import PriorityGate
 from livelm.server.guard import CanaryGuard, canary_documents
 from livelm.server.inference import Codec, Generation, Sampling, score_documents
-from livelm.server.learning import LearnerService, build_learner
+from livelm.server.learning import LearnerService
 from livelm.server.metrics import Metrics
 from livelm.server.settings import ServerSettings
 from livelm.server.versions import ServingVersion
-from livelm.source.queue import Accepted, DocumentQueue
+from livelm.source.queue import Accepted, DocumentQueue, DocumentStatus, State
+from livelm.source.redis_stream import RedisSpec, RedisStreamSource
 from livelm.store import Manifest, SnapshotStore
 
 log = logging.getLogger(__name__)
@@ -41,17 +44,25 @@ class Runtime:
         """
         self.settings = settings
         self.metrics = metrics
-        data_dir = settings.data_dir
-        data_dir.mkdir(parents=True, exist_ok=True)
-        self._lock_file = _lock(data_dir, settings.lock_wait_s)
+        # A replica (`--follow`) writes nothing of its own: no data directory to lock.
+        self._lock_file: IO[bytes] | None = None
+        if settings.follow is None:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            self._lock_file = _lock(settings.data_dir, settings.lock_wait_s)
         try:
             self._open(settings)
         except BaseException:
-            self._lock_file.close()
+            if self._lock_file is not None:
+                self._lock_file.close()
             raise
 
     def _open(self, settings: ServerSettings) -> None:
         data_dir = settings.data_dir
+        if settings.source is not None and settings.follow is None:
+            raise ValueError(
+                "--source: a single-process server learns from its own queue; Redis streams "
+                "are for livelm learn workers and --follow replicas"
+            )
         loaded = load_model(settings.model, device=settings.device)
         config = settings.learner_config
         self.window = int(getattr(loaded.model.config, "max_position_embeddings", 0) or 0)
@@ -68,24 +79,45 @@ class Runtime:
         self.eos_ids = _eos_ids(loaded.model, loaded.tokenizer.eos_token_id)
         self.token_budget = config.token_budget
         self.row_tokens = config.row_tokens
-        self.queue = DocumentQueue(data_dir / "queue.sqlite3")
-        self.store = SnapshotStore(data_dir / "snapshots", keep_last=settings.keep_last)
         self.gate = PriorityGate(
             max_inflight=settings.max_inflight,
             quiet_s=settings.yield_quiet_s,
             max_wait_s=settings.yield_max_s,
         )
         self._live: ServingVersion | None = None
-        self.learner = LearnerService(
-            learner=build_learner(loaded.model, loaded.tokenizer, config),
-            queue=self.queue,
-            store=self.store,
-            guard=CanaryGuard(canary_documents(settings.canary), settings.guard_max_rise),
-            gate=self.gate,
-            metrics=self.metrics,
-            settings=settings,
-            on_live=self._set_live,
+        # Where POST /v1/documents goes on a replica: the learners' Redis stream.
+        self.stream = (
+            RedisStreamSource(RedisSpec.parse(settings.source, consumer="ingest"))
+            if settings.source is not None
+            else None
         )
+        self.queue: DocumentQueue | None = None
+        self.learner: LearnerService | Follower
+        if settings.follow is not None:
+            self.store = SnapshotStore(settings.follow, keep_last=settings.keep_last)
+            self.learner = Follower(
+                base=loaded.model,
+                store=self.store,
+                metrics=self.metrics,
+                on_live=self._set_live,
+                poll_s=settings.follow_poll_s,
+            )
+        else:
+            self.queue = DocumentQueue(data_dir / "queue.sqlite3")
+            self.store = SnapshotStore(data_dir / "snapshots", keep_last=settings.keep_last)
+            canary = canary_documents(settings.canary)  # what to keep: the guard's and EWC's
+            self.learner = LearnerService(
+                learner=build_learner(
+                    loaded.model, loaded.tokenizer, config, settings.policy, canary
+                ),
+                queue=self.queue,
+                store=self.store,
+                guard=CanaryGuard(canary, settings.guard_max_rise),
+                gate=self.gate,
+                metrics=self.metrics,
+                settings=settings,
+                on_live=self._set_live,
+            )
         self.learner.bootstrap()
         self.feeder = (
             Feeder(settings.feed, self, every=settings.feed_every, backlog=settings.feed_backlog)
@@ -102,8 +134,12 @@ class Runtime:
         if self.feeder is not None:
             self.feeder.stop()
         self.learner.stop()
-        self.queue.close()
-        self._lock_file.close()
+        if self.queue is not None:
+            self.queue.close()
+        if self.stream is not None:
+            self.stream.close()
+        if self._lock_file is not None:
+            self._lock_file.close()
 
     # -- versions -------------------------------------------------------------------------------
 
@@ -130,8 +166,22 @@ class Runtime:
     # -- documents ------------------------------------------------------------------------------
 
     def ingest(self, docs: Sequence[Document]) -> list[Accepted]:
-        """Store documents durably (all or none), then wake the learner."""
-        accepted = self.queue.put(docs)
+        """Store documents durably (all or none), then wake the learner; a replica forwards
+        them to the learners' stream."""
+        if self.queue is None:
+            if self.stream is None:
+                raise ApiError(
+                    "this replica follows a store and keeps no queue; send documents to the "
+                    "learners' stream (livelm ingest), or start it with --source redis://...",
+                    param="documents",
+                )
+            results = self.stream.add(docs)
+            accepted = [
+                Accepted(d.id, 0, "queued", duplicate=r == "duplicate")
+                for d, r in zip(docs, results, strict=True)
+            ]
+        else:
+            accepted = self.queue.put(docs)
         fresh = sum(not a.duplicate for a in accepted)
         self.metrics.accepted.inc(fresh)
         self.metrics.duplicates.inc(len(accepted) - fresh)
@@ -140,7 +190,21 @@ class Runtime:
         return accepted
 
     def backlog(self) -> int:
+        if self.queue is None:
+            return 0 if self.stream is None else self.stream.backlog()
         return self.queue.queued_after(self.learner.position)
+
+    def document_status(self, doc_id: str) -> DocumentStatus | None:
+        if self.queue is None:
+            raise ApiError(
+                "this replica follows a store: document states are kept by the learners' "
+                "stream (and each version's manifest lists the entries it learned)",
+                param="id",
+            )
+        return self.queue.status(doc_id)
+
+    def document_counts(self) -> dict[State, int]:
+        return {} if self.queue is None else self.queue.counts()
 
     # -- inference ------------------------------------------------------------------------------
 

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from livelm.learner import LearnerConfig, get_strategy
+from livelm.learner import LearnerConfig
 from livelm.model import DEFAULT_MODEL
+from livelm.policy import PolicyConfig, Strategy, parse_strategy
 
 Scope = Literal["read", "write"]
 
@@ -52,9 +53,13 @@ class ServerSettings:
     model: str = DEFAULT_MODEL
     data_dir: Path = Path("runs/serve")  # queue.sqlite3 and snapshots/ live here
     lock_wait_s: float = 0.0  # how long to wait for another server to leave data_dir
-    strategy: str = "online"
-    learner: LearnerConfig | None = None  # overrides the strategy's config when given
+    strategy: str = "online"  # a preset or spec, as replay's: online-guarded, online+replay=0.25
+    learner: LearnerConfig | None = None  # overrides the strategy's learner config when given
     device: str = "auto"
+    # A replica: serve the versions learner workers publish into this store; learn nothing.
+    follow: Path | None = None
+    follow_poll_s: float = 0.2
+    source: str | None = None  # a replica's POST /v1/documents goes to this Redis stream
     served_name: str = "livelm"  # the model id of the OpenAI-compatible API
     # Publishing: a version every N learning steps or T seconds, and whenever the queue runs dry.
     publish_every_steps: int = 16
@@ -112,8 +117,16 @@ class ServerSettings:
             raise ValueError("--served-name must not be empty")
 
     @property
+    def parsed_strategy(self) -> Strategy:
+        return parse_strategy(self.strategy)
+
+    @property
     def learner_config(self) -> LearnerConfig:
-        return self.learner if self.learner is not None else get_strategy(self.strategy)
+        return self.learner if self.learner is not None else self.parsed_strategy.learner
+
+    @property
+    def policy(self) -> PolicyConfig:
+        return self.parsed_strategy.policy
 
     @property
     def authenticated(self) -> bool:

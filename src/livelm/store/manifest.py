@@ -29,6 +29,7 @@ class Manifest:
     it was learned into this version or an earlier one, or rejected. `learned` lists the queue
     positions (`seq`) of the documents first learned into this version, so a restart can finish
     acknowledging them and a check can prove each document was learned exactly once.
+    `entries` does the same for a Redis stream source: the stream entry ids first learned here.
     """
 
     version: int
@@ -37,6 +38,7 @@ class Manifest:
     base_model: str
     position: int
     learned: tuple[int, ...] = ()
+    entries: tuple[str, ...] = ()
     metrics: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     created: str = field(default_factory=utc_now)
@@ -50,6 +52,7 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["learned"] = list(self.learned)
+        data["entries"] = list(self.entries)
         return dict(sorted(data.items()))
 
     def write(self, directory: Path) -> Path:
@@ -63,4 +66,5 @@ class Manifest:
         names = {f.name for f in dataclasses.fields(cls)}
         data = {k: v for k, v in data.items() if k in names}  # newer fields are ignored
         data["learned"] = tuple(data.get("learned", ()))
+        data["entries"] = tuple(data.get("entries", ()))
         return cls(**data)

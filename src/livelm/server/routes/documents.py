@@ -56,7 +56,7 @@ def post_documents(
 @router.get("/documents/{doc_id:path}", dependencies=READ)
 def get_document(doc_id: str, runtime: RuntimeDep) -> DocumentStatusOut:
     """A document's state: queued, learned (and in which version), or rejected (and why)."""
-    status = runtime.queue.status(doc_id)
+    status = runtime.document_status(doc_id)
     if status is None:
         raise NotFoundError(f"no document with id {doc_id!r}", param="id")
     return DocumentStatusOut(

@@ -34,5 +34,5 @@ def readyz(runtime: RuntimeDep) -> Health | JSONResponse:
 @router.get("/metrics", dependencies=READ, response_class=Response)
 def metrics(runtime: RuntimeDep) -> Response:
     """Prometheus metrics."""
-    runtime.metrics.set_documents(runtime.queue.counts())
+    runtime.metrics.set_documents(runtime.document_counts())
     return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
