@@ -119,3 +119,20 @@ def test_own_pending_entries_come_back_once_however_small_the_reads(url: str) ->
     again = source(url, "a")
     got = [d.doc.id for _ in range(4) for d in again.read(2, block_ms=10)]
     assert got == ["0", "1", "2", "3", "4"]
+
+
+def test_livelm_ingest_adds_a_stream_file_once(
+    url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from livelm.cli.main import main
+
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(f'{{"id": "d{i}", "text": "text {i}"}}\n' for i in range(7)))
+    target = f"{url}?stream=docs&group=g"
+    assert main(["ingest", str(path), "--to", target, "--batch", "3"]) == 0
+    assert "7 added, 0 already there" in capsys.readouterr().err
+    assert main(["ingest", str(path), "--to", target]) == 0
+    assert "0 added, 7 already there" in capsys.readouterr().err
+    assert source(url, "a").client.xlen("docs") == 7
+    assert main(["ingest", str(path), "--to", "redis://127.0.0.1:1/0?stream=docs"]) == 2
+    assert "livelm ingest: error" in capsys.readouterr().err  # no server there: a clear error
