@@ -90,7 +90,13 @@ def test_two_ranks_learn_every_document_once_across_a_kill_9(
         source, store_dir, tiny_model_dir, "--publish-every-steps", "2", "--exit-when-idle", "4"
     )
     with open(log, "wb") as out:
-        proc = subprocess.Popen([*torchrun, *args], stdout=out, stderr=subprocess.STDOUT, env=ENV)
+        proc = subprocess.Popen(
+            [*torchrun, *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=ENV,
+            start_new_session=True,  # its ranks die with it, whatever happens here
+        )
     store = SnapshotStore(store_dir)
     try:
         wait_for(lambda: len(store.versions()) >= 3, timeout=240, every=0.05)
@@ -99,7 +105,8 @@ def test_two_ranks_learn_every_document_once_across_a_kill_9(
         writer.add(documents("b", 30))  # the stream goes on
         assert proc.wait(timeout=400) == 0, log.read_text()[-4000:]
     finally:
-        proc.kill()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
     all_entries = [e.decode() for e, _ in writer.client.xrange("docs")]
     counts = Counter(learned_chain(store))
     assert sorted(counts) == sorted(all_entries), log.read_text()[-3000:]
