@@ -31,6 +31,7 @@ learned since their last publish, and read those entries back from their pending
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -38,7 +39,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from livelm.learner import DocScore, StepReport
 from livelm.learner.distributed import GradientSync
@@ -46,7 +46,15 @@ from livelm.model import DEFAULT_MODEL, load_model
 from livelm.policy import build_learner, core_learner, parse_strategy
 from livelm.server.guard import CanaryGuard, canary_documents
 from livelm.source.redis_stream import Delivery, RedisSpec, RedisStreamSource
-from livelm.store import Manifest, SnapshotStore, load_weights, save_weights, weights_kind
+from livelm.store import (
+    Manifest,
+    SnapshotStore,
+    base_model_id,
+    check_compatible,
+    load_weights,
+    save_weights,
+    weights_kind,
+)
 
 log = logging.getLogger(__name__)
 
@@ -125,13 +133,11 @@ class Worker:
             loaded.model, loaded.tokenizer, strategy.learner, strategy.policy, canary
         )
         core_learner(self.learner).sync = sync
-        self.base_model = (
-            str(Path(settings.model).resolve()) if Path(settings.model).exists() else settings.model
-        )
+        self.base_model = base_model_id(settings.model)
         # One consumer name per rank, stable across restarts: a restarted rank reads back what
         # it held (no waiting for the idle timeout). `consumer=` in the URL prefixes it.
-        given = parse_qs(urlsplit(settings.source).query).get("consumer", ["learner"])[-1]
-        spec = RedisSpec.parse(settings.source, consumer=f"{given}-rank{self.rank}")
+        spec = RedisSpec.parse(settings.source, default_consumer="learner")
+        spec = dataclasses.replace(spec, consumer=f"{spec.consumer}-rank{self.rank}")
         self.source = RedisStreamSource(spec)
         self.store = SnapshotStore(settings.store, keep_last=settings.keep_last)
         self.guard = CanaryGuard(canary, settings.guard_max_rise)
@@ -172,15 +178,8 @@ class Worker:
 
     def _load(self, version: int) -> None:
         manifest = self.store.manifest(version)
-        if (manifest.base_model, manifest.kind) != (
-            self.base_model,
-            weights_kind(self.learner.model),
-        ):
-            raise RuntimeError(
-                f"--store {self.settings.store} holds {manifest.kind} versions of "
-                f"{manifest.base_model}; this worker learns {weights_kind(self.learner.model)} "
-                f"weights of {self.base_model}"
-            )
+        kind = weights_kind(self.learner.model)
+        check_compatible(manifest, self.base_model, kind, f"--store {self.settings.store}")
         load_weights(self.learner.model, self.store.path(version))
         self.live = manifest
 

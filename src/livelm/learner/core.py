@@ -95,11 +95,7 @@ class Learner:
             # Frozen weights are stored in the compute dtype: autocast would otherwise copy
             # every matrix to bf16 on every forward (a third of a LoRA step's time on a CPU).
             model.to(self.autocast_dtype)  # type: ignore[arg-type]  # stub too narrow
-        attention = config.attention
-        if attention == "auto":
-            # Measured: on short documents the CPU's flash-attention backward is the slowest op.
-            attention = "eager" if self.device.type == "cpu" else "sdpa"
-        model.set_attn_implementation(attention)
+        model.set_attn_implementation(resolve_attention(config.attention, self.device))
         model.eval()  # no dropout: a score is the model's plain loss, and so is the update's
         if config.update == "lora":
             model = self._with_lora(model)
@@ -139,11 +135,7 @@ class Learner:
         )
         peft_model = get_peft_model(model, lora)
         if self.autocast_dtype is not None:
-            # Autocast already runs the adapters in bf16; PEFT's own cast of each adapter's input
-            # to the adapters' fp32 only adds two activation copies per adapted layer.
-            for module in peft_model.modules():
-                if isinstance(module, BaseTunerLayer):
-                    module.cast_input_dtype_enabled = False  # type: ignore[assignment]
+            skip_adapter_input_cast(peft_model)
         return peft_model  # type: ignore[return-value]
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
@@ -342,6 +334,22 @@ class Learner:
             seconds=time.perf_counter() - started,
             penalty=penalty,
         )
+
+
+def resolve_attention(attention: str, device: torch.device) -> str:
+    """The attention implementation for `auto`: eager on a CPU, SDPA elsewhere."""
+    if attention != "auto":
+        return attention
+    # Measured: on short documents the CPU's flash-attention backward is the slowest op.
+    return "eager" if device.type == "cpu" else "sdpa"
+
+
+def skip_adapter_input_cast(model: torch.nn.Module) -> None:
+    """Under autocast: autocast already runs the adapters in bf16, and PEFT's own cast of each
+    adapter's input to the adapters' fp32 only adds two activation copies per adapted layer."""
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.cast_input_dtype_enabled = False  # type: ignore[assignment]
 
 
 def _linear_leaf_names(model: PreTrainedModel) -> list[str]:

@@ -39,11 +39,6 @@ class GradientSync:
         dist.all_reduce(t)
         return [float(x) for x in t.cpu().tolist()]
 
-    def max(self, values: Sequence[float]) -> list[float]:
-        t = torch.tensor(list(values), dtype=torch.float64, device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return [float(x) for x in t.cpu().tolist()]
-
     def gradients(self, params: Sequence[torch.nn.Parameter]) -> None:
         """Replace every parameter's gradient by its sum over the ranks (None counts as 0)."""
         if not params:
@@ -72,9 +67,6 @@ class GradientSync:
         box = [value]
         dist.broadcast_object_list(box, src=0)
         return box[0]
-
-    def barrier(self) -> None:
-        dist.barrier()
 
 
 def init_from_env() -> GradientSync | None:

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 from peft import PeftModel
-from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import PreTrainedModel
 
+from livelm.learner.core import resolve_attention, skip_adapter_input_cast
 from livelm.model import autocast_dtype_for
 from livelm.policy.monitor import SurpriseMonitor
 from livelm.server.metrics import Metrics
@@ -82,9 +82,7 @@ class Follower:
         precision = str(manifest.config.get("precision", "auto"))
         self.autocast = autocast_dtype_for(device, precision)
         attention = str(manifest.config.get("attention", "auto"))
-        if attention == "auto":
-            attention = "eager" if device.type == "cpu" else "sdpa"
-        self.base.set_attn_implementation(attention)
+        self.base.set_attn_implementation(resolve_attention(attention, device))
         self.base.eval()
         if manifest.kind == "lora":
             if self.autocast is not None:
@@ -92,9 +90,7 @@ class Follower:
             # Trainable, so that each serving copy owns its adapters (see `serving_copy`).
             model = PeftModel.from_pretrained(self.base, directory, is_trainable=True)
             if self.autocast is not None:
-                for module in model.modules():
-                    if isinstance(module, BaseTunerLayer):
-                        module.cast_input_dtype_enabled = False  # type: ignore[assignment]
+                skip_adapter_input_cast(model)
             self.model = model
         else:
             self.base.requires_grad_(True)
@@ -109,10 +105,7 @@ class Follower:
             load_weights(model, directory)
             serving = ServingVersion(manifest, serving_copy(model), self.autocast)
             self.live = manifest
-            self.metrics.live_version.set(version)
-            canary = manifest.metrics.get("canary_loss")
-            if isinstance(canary, float):
-                self.metrics.canary_loss.set(canary)
+            self.metrics.went_live(manifest)
             self._on_live(serving)
         log.info("version %d live (following %s)", version, self.store.root)
 

@@ -32,7 +32,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -47,7 +46,15 @@ from livelm.server.metrics import Metrics
 from livelm.server.settings import ServerSettings
 from livelm.server.versions import ServingVersion, serving_copy
 from livelm.source.queue import DocumentQueue, QueuedDocument
-from livelm.store import Manifest, SnapshotStore, load_weights, save_weights, weights_kind
+from livelm.store import (
+    Manifest,
+    SnapshotStore,
+    base_model_id,
+    check_compatible,
+    load_weights,
+    save_weights,
+    weights_kind,
+)
 
 log = logging.getLogger(__name__)
 
@@ -163,18 +170,11 @@ class LearnerService:
 
     @property
     def base_model(self) -> str:
-        """The model spec, a path made absolute: what the versions say they adapt."""
-        spec = self.settings.model
-        return str(Path(spec).resolve()) if Path(spec).exists() else spec
+        return base_model_id(self.settings.model)
 
     def _check_compatible(self, manifest: Manifest) -> None:
         kind = weights_kind(self.learner.model)
-        if (manifest.base_model, manifest.kind) != (self.base_model, kind):
-            raise RuntimeError(
-                f"--data-dir {self.settings.data_dir} holds {manifest.kind} versions of "
-                f"--model {manifest.base_model}; this server learns {kind} weights of "
-                f"{self.base_model}: choose another --data-dir"
-            )
+        check_compatible(manifest, self.base_model, kind, f"--data-dir {self.settings.data_dir}")
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="livelm-learner", daemon=True)
@@ -350,10 +350,7 @@ class LearnerService:
         autocast = autocast_dtype_for(device, self.learner.config.precision)
         version = ServingVersion(manifest, serving_copy(model), autocast)
         self.live = manifest
-        self.metrics.live_version.set(manifest.version)
-        canary = manifest.metrics.get("canary_loss")
-        if isinstance(canary, float):
-            self.metrics.canary_loss.set(canary)
+        self.metrics.went_live(manifest)
         self._on_live(version)
 
     def _restore(self, manifest: Manifest) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from livelm.source.queue import State
+from livelm.store import Manifest
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -58,6 +59,13 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+
+    def went_live(self, manifest: Manifest) -> None:
+        """A version is serving now: its number and its canary loss."""
+        self.live_version.set(manifest.version)
+        canary = manifest.metrics.get("canary_loss")
+        if isinstance(canary, float):
+            self.canary_loss.set(canary)
 
     def set_documents(self, counts: dict[State, int]) -> None:
         for state, n in counts.items():

@@ -60,7 +60,11 @@ class RedisSpec:
     claim_idle_ms: int = 30_000
 
     @classmethod
-    def parse(cls, spec: str, consumer: str | None = None) -> RedisSpec:
+    def parse(
+        cls, spec: str, consumer: str | None = None, *, default_consumer: str | None = None
+    ) -> RedisSpec:
+        """`consumer` overrides the URL's; `default_consumer` stands in when neither names one
+        (else host-pid)."""
         parts = urlsplit(spec)
         if parts.scheme not in ("redis", "rediss", "unix"):
             raise ValueError(f"{spec!r} is not a redis:// URL")
@@ -80,7 +84,10 @@ class RedisSpec:
             url=urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")),
             stream=query["stream"],
             group=query.get("group") or "livelm",
-            consumer=consumer or query.get("consumer") or f"{socket.gethostname()}-{os.getpid()}",
+            consumer=consumer
+            or query.get("consumer")
+            or default_consumer
+            or f"{socket.gethostname()}-{os.getpid()}",
             claim_idle_ms=claim,
         )
 
@@ -145,7 +152,6 @@ class RedisStreamSource:
         self._add_once = self.client.register_script(_ADD_ONCE)
         self._own_pending_done = False
         self._pending_cursor = "0"
-        self.rejected = 0
         try:
             self.client.xgroup_create(spec.stream, spec.group, id="0", mkstream=True)
         except redis.ResponseError as e:
@@ -281,7 +287,6 @@ class RedisStreamSource:
         pipe.xadd(self.spec.rejected_key, record)
         pipe.xack(self.spec.stream, self.spec.group, entry)
         pipe.execute()
-        self.rejected += 1
 
     def ack(self, entries: Sequence[str]) -> int:
         """Acknowledge entries (any consumer's: XACK is per group); returns how many were

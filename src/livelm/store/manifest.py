@@ -68,3 +68,18 @@ class Manifest:
         data["learned"] = tuple(data.get("learned", ()))
         data["entries"] = tuple(data.get("entries", ()))
         return cls(**data)
+
+
+def base_model_id(spec: str) -> str:
+    """A `--model` as versions record what they adapt: a path made absolute, else as given."""
+    return str(Path(spec).resolve()) if Path(spec).exists() else spec
+
+
+def check_compatible(manifest: Manifest, base_model: str, kind: Kind, where: str) -> None:
+    """Refuse to continue from a version of another model or kind (`where`: the flag and
+    directory that hold it, for the message)."""
+    if (manifest.base_model, manifest.kind) != (base_model, kind):
+        raise RuntimeError(
+            f"{where} holds {manifest.kind} versions of {manifest.base_model}; this one learns "
+            f"{kind} weights of {base_model}: choose another directory"
+        )
