@@ -93,13 +93,45 @@ def test_a_non_finite_loss_never_touches_the_weights(tiny: LoadedModel) -> None:
 
     report = online.step([poisoned])
 
-    assert not report.updated and report.skipped == "non-finite loss"
+    assert not report.updated and report.skipped == "no tokens"
+    assert report.rejected == ((0, "non-finite loss"),)
     assert math.isnan(report.scores[0].loss)
     for n, p in online.model.named_parameters():
         assert torch.equal(p, weights[n]) or torch.equal(p.isnan(), weights[n].isnan()), n
     for k, v in online.optimizer.state.items():  # type: ignore[union-attr]
         assert torch.equal(v["exp_avg"], moments[k])
     assert online.skipped_updates == 1
+
+
+def test_a_poisoned_document_is_isolated_and_the_others_learned_as_without_it(
+    tiny: LoadedModel, news_lines: list[str]
+) -> None:
+    """The culprit's NaN would spread to every chunk packed in its row: the others must get
+    their own scores, and the update must be the one the clean documents alone give."""
+    poisoned_text = "Poisoned zebra text: qxzj QXZJ 0987!"
+    mixed = learner(tiny, "online", warmup_steps=0, **FP32)
+    alone = learner(tiny, "online", warmup_steps=0, **FP32)
+    docs = [mixed.encode(Document(t)) for t in news_lines[:4]]
+    bad = mixed.encode(Document(poisoned_text))
+    used = {t for d in docs for c in d.chunks for t in c}
+    token = next(t for t in bad.chunks[0][1:] if t not in used)
+    for one in (mixed, alone):  # the same poison in both models: only `mixed` meets it
+        with torch.no_grad():
+            one.model.get_input_embeddings().weight[token] = math.nan
+
+    report = mixed.step([docs[0], docs[1], bad, docs[2], docs[3]])
+    reference = alone.step(docs)
+
+    assert report.updated and report.rejected == ((2, "non-finite loss"),)
+    assert math.isnan(report.scores[2].loss)
+    kept = [s for i, s in enumerate(report.scores) if i != 2]
+    for a, b in zip(kept, reference.scores, strict=True):
+        assert a.loss == pytest.approx(b.loss, abs=1e-5)
+    assert report.loss == pytest.approx(reference.loss, abs=1e-5)
+    weights = dict(alone.model.named_parameters())
+    for name, p in mixed.model.named_parameters():
+        if p.requires_grad:
+            assert torch.allclose(p, weights[name], atol=1e-6), name
 
 
 def test_scores_do_not_depend_on_how_documents_are_batched(

@@ -96,3 +96,73 @@ def test_the_config_is_sorted_json_with_the_policy() -> None:
 def test_errors_name_what_to_change(spec: str, flags: dict[str, str] | None, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse_strategies(spec, flags)
+
+
+def test_learner_options_compose_onto_the_preset_and_show_in_the_name() -> None:
+    (s,) = parse_strategies(
+        "online-drift+lr=1e-3+rank=8+alpha=16+step-tokens=512+docs-per-step=32"
+        "+warmup-steps=0+targets=q_proj/v_proj+last-layers=1+optimizer=sgd+precision=fp32"
+    )
+    assert s.learner == STRATEGIES["online"].replace(
+        lr=1e-3,
+        lora_r=8,
+        lora_alpha=16,
+        step_tokens=512,
+        max_docs_per_step=32,
+        warmup_steps=0,
+        lora_targets=("q_proj", "v_proj"),
+        lora_last_layers=1,
+        optimizer="sgd",
+        precision="fp32",
+    )
+    assert s.policy == POLICY_PRESETS["online-drift"][1]  # the preset's policy is kept
+    (off,) = parse_strategies("online+step-tokens=none+last-layers=none")
+    assert off.learner == STRATEGIES["online"]
+
+
+def test_learner_flags_apply_where_they_fit_and_a_spec_wins() -> None:
+    flags = {"lr": "1e-3", "rank": "8", "step-tokens": "256", "targets": "q_proj,v_proj"}
+    static, seed, online, mine = parse_strategies("static,seed,online,online+lr=5e-4", flags)
+    assert static.name == "static" and static.learner == STRATEGIES["static"]
+    # seed updates every weight: the LoRA flags pass it by, the others apply.
+    assert seed.name == "seed+lr=1e-3+step-tokens=256"
+    assert seed.learner == STRATEGIES["seed"].replace(lr=1e-3, step_tokens=256)
+    assert online.name == "online+lr=1e-3+rank=8+step-tokens=256+targets=q_proj/v_proj"
+    assert online.learner.lora_targets == ("q_proj", "v_proj") and online.learner.lora_r == 8
+    assert mine.name == "online+lr=5e-4+rank=8+step-tokens=256+targets=q_proj/v_proj"
+    assert mine.learner.lr == 5e-4
+    # --precision changes scores, so it reaches static too: every strategy is scored alike.
+    scored, online_fp32 = parse_strategies("static,online", {"precision": "fp32"})
+    assert scored.name == "static+precision=fp32" and scored.learner.precision == "fp32"
+    assert online_fp32.learner.precision == "fp32"
+    # A spec shapes static's scoring steps, which needs no learning.
+    (scoring,) = parse_strategies("static+docs-per-step=64+step-tokens=4096+precision=fp32")
+    assert scoring.learner == STRATEGIES["static"].replace(
+        max_docs_per_step=64, step_tokens=4096, precision="fp32"
+    )
+
+
+@pytest.mark.parametrize(
+    ("spec", "flags", "message"),
+    [
+        ("online+lr=-1", None, "--strategy 'online\\+lr=-1': lr=-1: must be a positive number"),
+        ("online+lr=fast", None, "lr=fast: 'fast' is not a number"),
+        ("online+rank=0", None, "rank=0: must be at least 1"),
+        ("online+step-tokens=many", None, "step-tokens=many: 'many' is not a whole number"),
+        ("online+optimizer=adam", None, "optimizer=adam: choose from sgd, adamw"),
+        ("online+precision=fp16", None, "precision=fp16: choose from auto, bf16, fp32"),
+        ("online+targets=/", None, "targets=/: name at least one module"),
+        ("online-full+rank=8", None, "rank is a LoRA option and online-full updates every weight"),
+        ("static+lr=1e-3", None, "static learns nothing, so lr would do nothing"),
+        ("online", {"lr": "0"}, "--lr 0: must be a positive number"),
+        ("online", {"docs-per-step": "0"}, "--docs-per-step 0: must be at least 1"),
+        ("seed", {"rank": "8"}, "--rank applies to LoRA strategies, and --strategy 'seed'"),
+        ("static", {"step-tokens": "64"}, "--step-tokens applies to learning strategies"),
+        ("online", {"speed": "2"}, "--speed is not a strategy option"),
+    ],
+)
+def test_learner_option_errors_name_the_option(
+    spec: str, flags: dict[str, str] | None, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_strategies(spec, flags)

@@ -10,6 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
 
 from livelm.cli.main import main
 
@@ -167,3 +170,91 @@ def test_unknown_strategy_names_the_flag(
     )
     assert code == 2
     assert "--strategy 'bogus' is not known" in capsys.readouterr().err
+
+
+def test_replay_takes_learner_options_and_saves_each_learning_strategy(
+    tmp_path: Path, tiny_model_dir: Path, news_lines: list[str]
+) -> None:
+    stream = write_stream(tmp_path / "news.jsonl", news_lines * 2)
+    save = tmp_path / "weights"
+    code = main(
+        [
+            "replay",
+            str(stream),
+            "--model",
+            str(tiny_model_dir),
+            "--strategy",
+            "static,online+rank=4+targets=q_proj/v_proj+step-tokens=100,online-full",
+            "--lr",
+            "1e-3",
+            "--precision",
+            "fp32",
+            "--max-docs",
+            "12",
+            "--out",
+            str(tmp_path / "out"),
+            "--save",
+            str(save),
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    lora_name = "online+rank=4+targets=q_proj/v_proj+step-tokens=100+lr=1e-3+precision=fp32"
+    full_name = "online-full+lr=1e-3+precision=fp32"
+    assert list(metrics["strategies"]) == ["static+precision=fp32", lora_name, full_name]
+    lora, full = metrics["strategies"][lora_name], metrics["strategies"][full_name]
+    assert lora["config"]["lora_r"] == 4 and lora["config"]["lr"] == 1e-3
+    assert lora["config"]["lora_targets"] == ["q_proj", "v_proj"]
+    # About 40 tokens a document: steps of 3 documents by tokens, against one of 16 by count.
+    assert 3 <= lora["steps"] <= 6 and full["steps"] == 1
+    static = metrics["strategies"]["static+precision=fp32"]["config"]
+    assert static["precision"] == "fp32" and static["lr"] != 1e-3  # scored alike, learns not
+
+    # One directory per learning strategy; a `/` in a name becomes `_`.
+    assert sorted(p.name for p in save.iterdir()) == sorted(
+        [lora_name.replace("/", "_"), full_name]
+    )
+    adapter = save / lora_name.replace("/", "_")
+    assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 4
+    assert json.loads((adapter / "strategy.json").read_text())["name"] == lora_name
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    ids = torch.tensor([[1, 5, 9, 14, 3]])
+    with torch.no_grad():
+        before = base(input_ids=ids).logits
+        learned = PeftModel.from_pretrained(base, adapter).eval()(input_ids=ids).logits
+        full_model = AutoModelForCausalLM.from_pretrained(save / full_name).eval()
+        learned_full = full_model(input_ids=ids).logits
+    assert not torch.allclose(before, learned, atol=1e-5)
+    assert not torch.allclose(before, learned_full, atol=1e-5)
+    assert (save / full_name / "tokenizer.json").is_file()
+
+
+def test_save_with_one_strategy_writes_into_the_directory_itself(
+    tmp_path: Path, tiny_model_dir: Path, news_lines: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    stream = write_stream(tmp_path / "news.jsonl", news_lines)
+    args = ["replay", str(stream), "--model", str(tiny_model_dir), "--out", str(tmp_path / "o")]
+    assert main([*args, "--strategy", "online", "--max-docs", "4", "--save", str(tmp_path)]) == 0
+    assert (tmp_path / "adapter_config.json").is_file() and (tmp_path / "strategy.json").is_file()
+    assert "saved online's weights to" in capsys.readouterr().out
+    assert main([*args, "--strategy", "static", "--save", str(tmp_path), "--quiet"]) == 2
+    assert "--save: no strategy named learns" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--strategy", "online-full", "--rank", "8"], "--rank applies to LoRA strategies"),
+        (["--strategy", "online", "--lr", "-1"], "--lr -1: must be a positive number"),
+        (["--strategy", "online+step-tokens=0"], "step-tokens=0: must be at least 1"),
+    ],
+)
+def test_a_bad_learner_option_is_one_line_naming_it(
+    tmp_path: Path, flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The options are parsed before anything loads: no model is needed to refuse them.
+    code = main(["replay", "x.jsonl", "--model", str(tmp_path / "none"), *flags])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err

@@ -112,7 +112,7 @@ def test_two_ranks_learn_every_document_once_across_a_kill_9(
     assert sorted(counts) == sorted(all_entries), log.read_text()[-3000:]
     assert set(counts.values()) == {1}  # each exactly once
     assert writer.pending() == 0
-    assert "restart" in log.read_text().lower() or len(store.versions()) > 3
+    assert "attempt 1" in log.read_text()  # the group was restarted after the kill
 
 
 def _children(pid: int) -> list[int]:

@@ -5,6 +5,11 @@ comparable document for document. Every strategy runs as a `PolicyLearner` (its 
 empty), so drift events and surprise scores come with every run: `metrics.json` lists the
 drifts, `surprises.jsonl` the most surprising documents of each window per strategy, and
 `emerging_terms.json` the words on the rise at the end of the stream.
+
+With `save`, each learning strategy's final weights are written where `save_path` says, in the
+format of a published version (`livelm.store.weights`): a LoRA learner's as a PEFT adapter
+directory, a full-weight learner's as a model directory; with the tokenizer and `strategy.json`
+(its name and config) beside them.
 """
 
 from __future__ import annotations
@@ -15,10 +20,14 @@ import itertools
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from transformers import PreTrainedModel
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from livelm.document import Document
 from livelm.learner import Learner, StepReport, Tally, batches
@@ -26,8 +35,9 @@ from livelm.model import LoadedModel
 from livelm.policy import EmergingTerms, PolicyLearner, Strategy, TopSurprises, parse_strategies
 from livelm.report import StrategyResult, build_metrics, plot_curves, write_html, write_metrics
 from livelm.source.files import StreamFormat, StreamStats, read_stream
+from livelm.store.weights import save_weights
 
-__all__ = ["ReplayOptions", "parse_strategies", "reference_loss", "run_replay"]
+__all__ = ["ReplayOptions", "parse_strategies", "reference_loss", "run_replay", "save_learned"]
 
 StepCallback = Callable[[str, StepReport, Tally], None]
 
@@ -46,6 +56,7 @@ class ReplayOptions:
     surprise_window: int = 100  # surprises.jsonl lists the top documents of each such window
     surprise_top: int = 5
     recent_docs: int = 300  # emerging terms: these last documents against the earlier stream
+    save: Path | None = None  # the final weights of each learning strategy go here (save_path)
 
     def __post_init__(self) -> None:
         if not self.strategies:
@@ -58,6 +69,26 @@ class ReplayOptions:
             raise ValueError("--surprise-window and the top count must be at least 1")
         if self.recent_docs < 1:
             raise ValueError(f"--recent-docs must be at least 1, not {self.recent_docs}")
+        if self.save is not None:
+            if not any(s.learner.learns for s in self.strategies):
+                raise ValueError(
+                    "--save: no strategy named learns, so there are no weights to save"
+                )
+            if self.save.exists() and not self.save.is_dir():
+                raise ValueError(f"--save {self.save}: exists and is not a directory")
+            paths = [self.save_path(s) for s in self.strategies if s.learner.learns]
+            if len(set(paths)) != len(paths):
+                raise ValueError("--save: two strategies' names map to one directory; rename one")
+
+    def save_path(self, strategy: Strategy) -> Path | None:
+        """Where `strategy`'s weights go: `save` itself when it is the only strategy named,
+        else `save/<name>` (characters a file name cannot hold, like `/`, become `_`); None
+        without `save` or for a strategy that learns nothing."""
+        if self.save is None or not strategy.learner.learns:
+            return None
+        if len(self.strategies) == 1:
+            return self.save
+        return self.save / re.sub(r"[^\w.+=:@-]", "_", strategy.name)
 
 
 def _documents(options: ReplayOptions, stats: StreamStats) -> Iterator[Document]:
@@ -110,6 +141,8 @@ def run_replay(
                 on_step(strategy.name, report, tally)
         tally.stop()
         after = reference_loss(learner, reference) if reference else None
+        if (directory := options.save_path(strategy)) is not None:
+            save_learned(learner.model, base.tokenizer, strategy, directory)
         results.append(
             StrategyResult(
                 strategy.name,
@@ -125,6 +158,7 @@ def run_replay(
                     "optimizer_resets": learner.optimizer_resets,
                     "webhook_failures": stepper.webhook_failures,
                 },
+                boundary=learner.encoder.resolved.to_dict(),
             )
         )
         surprises += [
@@ -154,6 +188,21 @@ def run_replay(
     plot_curves(options.out / "curve.png", results, f"{base.name} on {Path(options.stream).name}")
     write_html(options.out / "report.html", metrics, emerging.top(10))
     return metrics
+
+
+def save_learned(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    strategy: Strategy,
+    directory: Path,
+) -> None:
+    """A learner's weights (a PEFT adapter or a model directory), its tokenizer and
+    `strategy.json` into `directory`, created if needed; files already there are replaced."""
+    directory.mkdir(parents=True, exist_ok=True)
+    save_weights(model, directory)
+    tokenizer.save_pretrained(directory)
+    described = {"name": strategy.name, "config": strategy.to_dict()}
+    _write_text(directory / "strategy.json", json.dumps(described, indent=2, sort_keys=True) + "\n")
 
 
 def _write_text(path: Path, text: str) -> None:

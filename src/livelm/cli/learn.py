@@ -4,6 +4,7 @@ one)."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ from livelm.model import DEFAULT_MODEL
 from livelm.policy import known_strategies
 from livelm.source.files import read_stream
 from livelm.source.redis_stream import RedisSpec, RedisStreamSource
-from livelm.worker import Worker, WorkerSettings
+from livelm.worker import WorkerSettings, build_worker
 
 SOURCE_HELP = "redis://host:port/db?stream=NAME&group=GROUP[&consumer=C][&claim_idle_ms=MS]"
 
@@ -39,6 +40,7 @@ def add_learn_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--publish-every-s", type=float, default=d.publish_every_s)
     p.add_argument("--keep-last", type=int, default=d.keep_last)
     p.add_argument("--guard-max-rise", type=float, default=d.guard_max_rise)
+    p.add_argument("--guard-max-total-rise", type=float, default=d.guard_max_total_rise)
     p.add_argument("--canary", type=Path, default=None)
     p.add_argument("--block-ms", type=int, default=d.block_ms)
     p.add_argument(
@@ -68,14 +70,19 @@ def run_learn(args: argparse.Namespace) -> None:
         publish_every_s=args.publish_every_s,
         keep_last=args.keep_last,
         guard_max_rise=args.guard_max_rise,
+        guard_max_total_rise=args.guard_max_total_rise,
         canary=args.canary,
         block_ms=args.block_ms,
         exit_when_idle_s=args.exit_when_idle,
         max_steps=args.max_steps,
     )
     sync = init_from_env()
-    worker = Worker(settings, sync)
+    if sync is not None:  # which rank, and which start of it (torchrun restarts failed groups)
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        print(f"livelm learn: rank {sync.rank} of {sync.world}, attempt {attempt}", file=sys.stderr)
+    worker = build_worker(settings, sync)
     try:
+        worker.bootstrap()
         worker.run()
         docs, tokens, seconds = worker.totals()
     finally:

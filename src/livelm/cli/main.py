@@ -7,6 +7,7 @@ message and exit status 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -20,7 +21,8 @@ from livelm.cli.learn import add_learn_parsers, run_ingest, run_learn
 from livelm.cli.serve import add_serve_parser, run_serve
 from livelm.learner import StepReport, Tally
 from livelm.model import DEFAULT_MODEL, cache_root, load_model
-from livelm.policy import DETECTORS, DRIFT_ACTIONS, POLICY_OPTIONS, known_strategies
+from livelm.policy import known_strategies
+from livelm.policy.options import LEARNER_OPTIONS, OPTIONS, POLICY_OPTIONS
 from livelm.replay import ReplayOptions, parse_strategies, run_replay
 from livelm.source.files import StreamError
 from livelm.source.sotu import write_sotu_stream
@@ -40,15 +42,23 @@ def replay(
     skip_bad: bool = False,
     device: str = "auto",
     quiet: bool = False,
-    policy: Mapping[str, str] | None = None,
+    flags: Mapping[str, str] | None = None,
     surprise_window: int = 100,
     recent_docs: int = 300,
+    save: Path | None = None,
+    boundary: str = "auto",
 ) -> dict[str, object]:
-    """`policy`: the policy flags given (`{"replay": "0.25", "detector": "adwin"}`), which
-    apply to every learning strategy; see `livelm.policy.strategy`."""
+    """`flags`: the option flags given (`{"lr": "1e-3", "replay": "0.25"}`), which apply
+    to every learning strategy they fit; see `livelm.policy.strategy`. `save`: a directory for
+    the learned weights (`ReplayOptions.save_path`). `boundary` (`--boundary`)
+    applies to every strategy; see `livelm.learner.encoding`."""
+    strategies = tuple(
+        dataclasses.replace(s, learner=s.learner.replace(boundary=boundary))
+        for s in parse_strategies(strategy, flags)
+    )
     options = ReplayOptions(
         stream=stream,
-        strategies=parse_strategies(strategy, policy),
+        strategies=strategies,
         out=out,
         max_docs=max_docs,
         every=every,
@@ -58,6 +68,7 @@ def replay(
         skip_bad=skip_bad,
         surprise_window=surprise_window,
         recent_docs=recent_docs,
+        save=save,
     )
     base = load_model(model, device=device)
     bars: dict[str, tqdm[None]] = {}
@@ -80,6 +91,9 @@ def replay(
             f"wrote {out}/metrics.json, curve.png, report.html, surprises.jsonl "
             "and emerging_terms.json"
         )
+        for s in options.strategies:
+            if (directory := options.save_path(s)) is not None:
+                print(f"saved {s.name}'s weights to {directory}")
     return metrics
 
 
@@ -125,8 +139,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--strategy",
         default="static,online",
-        help="comma-separated specs, each a name with optional +key=value policy options "
-        f"(online+replay=0.25+anchor=l2sp:0.01); names: {', '.join(known_strategies())}",
+        help="comma-separated specs, each a name with optional +key=value options, the flags "
+        "below without their dashes (online+lr=1e-3+rank=8+replay=0.25); names: "
+        + ", ".join(known_strategies()),
     )
     p.add_argument("--out", type=Path, default=Path("runs/replay"))
     p.add_argument("--max-docs", type=int, default=None)
@@ -137,24 +152,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--fisher", default=None, help="EWC's documents (default: the --reference documents)"
     )
-    policy = p.add_argument_group(
-        "policy flags",
-        "apply to every learning strategy named; a spec's own +key=value options win",
+    scope = "apply to every learning strategy named; a spec's own +key=value options win"
+    groups = (
+        (
+            p.add_argument_group("learner flags", f"{scope}; LoRA flags to LoRA strategies"),
+            LEARNER_OPTIONS,
+        ),
+        (p.add_argument_group("policy flags", scope), POLICY_OPTIONS),
     )
-    policy_help = {
-        "replay": "replayed documents per new document in each step, e.g. 0.25",
-        "replay-size": "documents the replay memory holds (default 2000)",
-        "replay-bytes": "bytes the replay memory holds, e.g. 64MB (the default)",
-        "window": "replay from the last N documents, or a time span (30d, 12h) of stream time",
-        "half-life": "replayed documents weigh 0.5 ** (age / half-life); documents or time",
-        "detector": f"drift detector on the loss: {', '.join(DETECTORS)}[:knob][:up]",
-        "on-drift": f"what a drift does, comma-separated: {', '.join(DRIFT_ACTIONS)}",
-        "boost": "on-drift boost: replay share and steps, e.g. 1.0:20 (the default)",
-        "anchor": "pull toward the base weights: l2sp:STRENGTH or ewc:STRENGTH[:DOCS]",
-        "webhook": "POST each drift event as JSON to this http(s) URL",
-    }
-    for key in POLICY_OPTIONS:
-        policy.add_argument(f"--{key}", dest=f"policy_{key}", metavar="X", help=policy_help[key])
+    for group, keys in groups:
+        for key in keys:
+            group.add_argument(
+                f"--{key}", dest=f"option_{key}", metavar="X", help=OPTIONS[key].help
+            )
+    p.add_argument(
+        "--save",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write the final weights (a PEFT adapter, or a model directory for full-weight "
+        "learners) with the tokenizer into DIR; with several strategies, DIR/<strategy>/",
+    )
     p.add_argument(
         "--surprise-window",
         type=int,
@@ -174,6 +192,12 @@ def _parser() -> argparse.ArgumentParser:
         "--skip-bad", action="store_true", help="skip and count malformed lines instead of stopping"
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument(
+        "--boundary",
+        default="auto",
+        help="the token every document starts with: auto (the document separator or a real "
+        "BOS, never a chat marker), bos, eos, or a token such as '<|endoftext|>' (default: auto)",
+    )
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("demo", help="replay the State of the Union stream, static vs online")
@@ -208,13 +232,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 skip_bad=args.skip_bad,
                 device=args.device,
                 quiet=args.quiet,
-                policy={
+                flags={
                     key: value
-                    for key in POLICY_OPTIONS
-                    if (value := getattr(args, f"policy_{key}")) is not None
+                    for key in OPTIONS
+                    if (value := getattr(args, f"option_{key}")) is not None
                 },
+                save=args.save,
                 surprise_window=args.surprise_window,
                 recent_docs=args.recent_docs,
+                boundary=args.boundary,
             )
         elif args.command == "demo":
             demo(model=args.model, out=args.out, docs=args.docs)

@@ -10,15 +10,19 @@ import argparse
 import logging
 import os
 import socket
+import sys
 from pathlib import Path
 
 import uvicorn
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from livelm.model import DEFAULT_MODEL, cache_root
 from livelm.policy import known_strategies, parse_strategy
 from livelm.server import ServerSettings, create_app
 from livelm.server.auth import ENV_VAR, load_api_keys
+from livelm.source.reconcile import REBASE_FLAG
 from livelm.source.sotu import write_sotu_stream
+from livelm.source.storage import StorageUnavailable
 
 DEMO_EVERY = 10  # the demo feeds every 10th State of the Union paragraph: 1790 to 2021 sooner
 
@@ -42,6 +46,52 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+# Startup errors whose message names the flag or file that fixes them (a data directory in use,
+# a queue that disagrees with the store, a disk that refuses writes): one line, no traceback.
+_REFUSALS: tuple[type[BaseException], ...] = (
+    ValueError,
+    RuntimeError,
+    FileNotFoundError,
+    StorageUnavailable,
+)
+_UVICORN_STARTUP_FAILED = "Application startup failed. Exiting."
+
+
+class _StartupRefusal:
+    """Wraps the app so that a startup refused for a reason in `_REFUSALS` ends the command
+    with its one-line message, instead of uvicorn logging the lifespan's traceback.
+
+    Starlette reports a failed lifespan by sending its traceback to uvicorn, which logs it; the
+    send happens while the exception is being handled, so the wrapper can tell which it is.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.refused: BaseException | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def quiet(message: Message) -> None:
+            error = sys.exc_info()[1]
+            if message["type"] == "lifespan.startup.failed" and isinstance(error, _REFUSALS):
+                self.refused = error
+                message = {**message, "message": ""}  # uvicorn logs a non-empty one
+            await send(message)
+
+        try:
+            await self.app(scope, receive, quiet)
+        except _REFUSALS:
+            if self.refused is None:
+                raise
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Drops uvicorn's own line about a refused startup: `serve` says why instead."""
+        return self.refused is None or record.getMessage() != _UVICORN_STARTUP_FAILED
+
+
 def serve(
     settings: ServerSettings, *, host: str = "127.0.0.1", port: int = 8000, quiet: bool = False
 ) -> None:
@@ -62,17 +112,26 @@ def serve(
     print(f"livelm serve: {url} (API docs at {url}/docs), data in {settings.data_dir}", flush=True)
     # livelm's own progress (versions going live, guard refusals) is worth seeing by default.
     logging.getLogger("livelm").setLevel(logging.INFO)
+    app = _StartupRefusal(create_app(settings))
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         log_level="warning" if quiet else "info",
         access_log=False,
         timeout_graceful_shutdown=10,
     )
+    logging.getLogger("uvicorn.error").addFilter(app)  # after Config: it configures logging
     server = uvicorn.Server(config)
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn has shut down gracefully, and passes Ctrl-C on
         print("livelm serve: stopped", flush=True)
+    except SystemExit:  # uvicorn exits with status 3 when the lifespan's startup fails
+        if app.refused is None:
+            raise
+    finally:
+        logging.getLogger("uvicorn.error").removeFilter(app)
+    if app.refused is not None:
+        raise RuntimeError(str(app.refused)) from None
     if not server.started:  # uvicorn logged why, and returned
         raise RuntimeError("the server did not start; see the error above")
 
@@ -99,6 +158,13 @@ def add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         + ", ".join(known_strategies()),
     )
     p.add_argument("--lr", type=float, default=None, help="override the strategy's rate")
+    p.add_argument(
+        "--boundary",
+        default="auto",
+        help="the token every document starts with, in learning and /v1/score: auto (the "
+        "document separator or a real BOS, never a chat marker), bos, eos, or a token such as "
+        "'<|endoftext|>' (default: auto)",
+    )
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda, ...")
     p.add_argument(
         "--follow",
@@ -121,10 +187,25 @@ def add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.add_argument("--publish-every-s", type=float, default=d.publish_every_s)
     p.add_argument("--keep-last", type=int, default=d.keep_last, help="versions retained")
     p.add_argument(
+        REBASE_FLAG,
+        action="store_true",
+        help="a queue that disagrees with the snapshots (restored from an older copy, or from "
+        "another server) is re-based after their position, its queued documents learned, "
+        "instead of refused",
+    )
+    p.add_argument(
         "--guard-max-rise",
         type=float,
         default=d.guard_max_rise,
-        help="refuse a version whose canary loss rises more than this (nats/token)",
+        help="refuse a version whose canary loss rises more than this over the live "
+        "version's (nats/token): a jump",
+    )
+    p.add_argument(
+        "--guard-max-total-rise",
+        type=float,
+        default=d.guard_max_total_rise,
+        help="refuse a version whose canary loss rises more than this over the base model's "
+        "(nats/token): a slow climb",
     )
     p.add_argument("--canary", type=Path, default=None, help="canary documents (stream file)")
     p.add_argument("--feed", type=Path, default=None, help="feed a stream file into the queue")
@@ -149,6 +230,18 @@ def add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.add_argument("--max-documents-per-request", type=int, default=d.max_documents_per_request)
     p.add_argument("--max-document-chars", type=int, default=d.max_document_chars)
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    p.add_argument(
+        "--max-score-tokens",
+        type=int,
+        default=d.max_score_tokens,
+        help="tokens one /v1/score request may have scored",
+    )
+    p.add_argument(
+        "--body-timeout-s",
+        type=float,
+        default=d.body_timeout_s,
+        help="seconds a client has to send a request body (408 after)",
+    )
     p.add_argument("--max-inflight", type=int, default=d.max_inflight, help="model requests")
     p.add_argument(
         "--yield-quiet-s",
@@ -178,6 +271,7 @@ def run_serve(args: argparse.Namespace) -> None:
     learner = parse_strategy(args.strategy).learner
     if args.lr is not None:
         learner = learner.replace(lr=args.lr)
+    learner = learner.replace(boundary=args.boundary)
     settings = ServerSettings(
         model=args.model,
         data_dir=args.data_dir,
@@ -191,7 +285,9 @@ def run_serve(args: argparse.Namespace) -> None:
         publish_every_steps=args.publish_every_steps,
         publish_every_s=args.publish_every_s,
         keep_last=args.keep_last,
+        rebase_queue=args.rebase_queue,
         guard_max_rise=args.guard_max_rise,
+        guard_max_total_rise=args.guard_max_total_rise,
         canary=args.canary,
         feed=feed,
         feed_every=every or 1,
@@ -203,6 +299,8 @@ def run_serve(args: argparse.Namespace) -> None:
         max_documents_per_request=args.max_documents_per_request,
         max_document_chars=args.max_document_chars,
         max_new_tokens=args.max_new_tokens,
+        max_score_tokens=args.max_score_tokens,
+        body_timeout_s=args.body_timeout_s,
         max_inflight=args.max_inflight,
         yield_quiet_s=args.yield_quiet_s,
         yield_max_s=args.yield_max_s,

@@ -19,7 +19,9 @@ Precision = Literal["auto", "bf16", "fp32"]
 class LearnerConfig:
     """How one learner scores and updates.
 
-    A step takes up to `max_docs_per_step` documents; their chunks are packed without padding
+    A step takes up to `max_docs_per_step` documents, and with `step_tokens` set closes as soon
+    as its documents hold that many predicted tokens (a longer document is a step of its own;
+    `livelm.learner.prequential.step_size` is the rule); their chunks are packed without padding
     into rows of `row_tokens` (longer chunks get a row of their own), and the forward/backward
     passes run in micro-batches of at most `token_budget` tokens whose gradients accumulate into
     one update. The loss is the token-weighted mean cross-entropy over the step.
@@ -34,6 +36,7 @@ class LearnerConfig:
     clip_norm: float | None = 1.0
     precision: Precision = "auto"
     max_docs_per_step: int = 16
+    step_tokens: int | None = None  # close a step at this many predicted tokens (None: by count)
     token_budget: int = 2048
     row_tokens: int = 256
     max_tokens: int = 1024  # chunk length, boundary token included
@@ -43,6 +46,9 @@ class LearnerConfig:
     lora_targets: tuple[str, ...] = ("all-linear",)  # PEFT's every-linear-but-the-head
     lora_last_layers: int | None = None  # adapt only the top N blocks (None: all)
     attention: Literal["auto", "eager", "sdpa"] = "auto"  # auto: eager on CPU, sdpa on GPU
+    # The token every chunk starts with: auto (the rule in livelm.learner.encoding), bos, eos,
+    # or a literal token such as <|endoftext|>. A learner records the token it resolved to.
+    boundary: str = "auto"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -50,6 +56,8 @@ class LearnerConfig:
             raise ValueError(f"lr must be a positive number, not {self.lr}")
         if self.max_docs_per_step < 1:
             raise ValueError(f"max_docs_per_step must be at least 1, not {self.max_docs_per_step}")
+        if self.step_tokens is not None and self.step_tokens < 1:
+            raise ValueError(f"step_tokens must be at least 1 or None, not {self.step_tokens}")
         if self.token_budget < self.max_tokens:
             raise ValueError(
                 f"token_budget ({self.token_budget}) must hold one full chunk "
@@ -67,6 +75,8 @@ class LearnerConfig:
             raise ValueError("a LoRA learner needs lora_r >= 1 and at least one target module")
         if self.lora_last_layers is not None and self.lora_last_layers < 1:
             raise ValueError(f"lora_last_layers must be >= 1, not {self.lora_last_layers}")
+        if not self.boundary.strip():
+            raise ValueError("boundary must be auto, bos, eos or a token, not empty")
 
     @property
     def learns(self) -> bool:

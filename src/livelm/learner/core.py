@@ -58,6 +58,9 @@ class StepReport:
     tokens: int  # predicted tokens of the scored documents
     seconds: float
     penalty: float = 0.0  # what the regularizers added to `loss` in the update
+    # Documents left out of the update, as (index in the step's `docs`, reason): their loss or
+    # gradient was not finite. Their scores' loss is nan.
+    rejected: tuple[tuple[int, str], ...] = ()
 
 
 class Regularizer(Protocol):
@@ -86,7 +89,9 @@ class Learner:
         self.device = next(model.parameters()).device
         self.autocast_dtype = autocast_dtype_for(self.device, config.precision)
         window = getattr(model.config, "max_position_embeddings", None) or config.max_tokens
-        self.encoder = Encoder(tokenizer, min(config.max_tokens, int(window)))
+        self.encoder = Encoder(tokenizer, min(config.max_tokens, int(window)), config.boundary)
+        # The config names the token `auto` chose: manifests and reports record what was used.
+        self.config = config.replace(boundary=self.encoder.resolved.token)
         self.pad_id = int(
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.encoder.boundary
         )
@@ -251,6 +256,13 @@ class Learner:
 
         `extra` documents (replayed ones, say) are learned from with their weights but never
         scored into the report. A static learner only scores.
+
+        A document whose loss or gradient is not finite is isolated: the step is taken again
+        one document at a time (a rare path), so that the culprit's NaN, which spreads to every
+        chunk packed in its row (0 attention x NaN is NaN), costs the others nothing. The
+        culprit is left out of the update and listed in `StepReport.rejected`; the others'
+        scores are their own. Isolation happens on each rank before anything is summed over
+        ranks, so one process and a torchrun group take the same update.
         """
         started = time.perf_counter()
         tokens = sum(d.tokens for d in docs)
@@ -271,40 +283,96 @@ class Learner:
         assert self.optimizer is not None
         all_docs = [*docs, *extra]
         doc_weights = [1.0] * len(docs) + list(extra_weights or [1.0] * len(extra))
-        chunks = [c for d in all_docs for c in d.chunks]
-        weights = [w for d, w in zip(all_docs, doc_weights, strict=True) for _ in d.chunks]
-        denominator = sum(w * (len(c) - 1) for c, w in zip(chunks, weights, strict=True))
-        if self.sync is not None:  # data-parallel: the step's tokens over every rank
-            denominator = self.sync.sum([denominator])[0]
         lr = self.current_lr()
-        if denominator <= 0:
-            return self._finish(docs, [0.0] * len(chunks), None, lr, "no tokens", started)
         self.optimizer.zero_grad(set_to_none=True)
-        sums = self._nll_sums(chunks, weights, denominator, grad=True)
-        weighted = sum(s * w for s, w in zip(sums, weights, strict=True))
-        if self.sync is not None:
-            weighted = self.sync.sum([weighted])[0]  # a NaN on any rank makes every rank skip
-        loss = weighted / denominator
-        if not math.isfinite(loss):
+        # Gradients of the *summed* weighted NLL: the step's token count over every rank is
+        # only known once each rank has set its culprits aside, so the division comes after.
+        sums = self._doc_sums(all_docs, doc_weights)
+        bad: dict[int, str] = {}
+        if not (all(math.isfinite(s) for s in sums) and self._grads_finite()):
+            sums, bad = self._isolate(all_docs, doc_weights)
+        kept = [i for i in range(len(all_docs)) if i not in bad]
+        denominator = sum(doc_weights[i] * all_docs[i].tokens for i in kept)
+        weighted = sum(doc_weights[i] * sums[i] for i in kept)
+        if self.sync is not None:  # data-parallel: the step's tokens and loss over every rank
+            denominator, weighted = self.sync.sum([denominator, weighted])
+        rejected = tuple((i, reason) for i, reason in sorted(bad.items()) if i < len(docs))
+        if denominator <= 0:
             self.optimizer.zero_grad(set_to_none=True)
-            return self._finish(docs, sums, loss, lr, "non-finite loss", started)
+            return self._finish(docs, sums, None, lr, "no tokens", started, rejected=rejected)
+        loss = weighted / denominator
+        for p in self.params:
+            if p.grad is not None:
+                p.grad.div_(denominator)
         penalty = self._penalty_backward()
         if not math.isfinite(penalty):
             self.optimizer.zero_grad(set_to_none=True)
-            return self._finish(docs, sums, loss, lr, "non-finite penalty", started)
+            return self._finish(
+                docs, sums, loss, lr, "non-finite penalty", started, rejected=rejected
+            )
         if self.sync is not None:
             self.sync.gradients(self.params)
         max_norm = self.config.clip_norm if self.config.clip_norm is not None else math.inf
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
-        if not math.isfinite(grad_norm):
+        if not math.isfinite(grad_norm):  # the penalty's gradient: the weights themselves
             self.optimizer.zero_grad(set_to_none=True)
-            return self._finish(docs, sums, loss, lr, "non-finite gradient", started)
+            return self._finish(
+                docs, sums, loss, lr, "non-finite gradient", started, rejected=rejected
+            )
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.updates += 1
-        return self._finish(docs, sums, loss, lr, None, started, grad_norm, penalty)
+        return self._finish(
+            docs, sums, loss, lr, None, started, grad_norm, penalty, rejected=rejected
+        )
+
+    def _doc_sums(self, docs: Sequence[EncodedDocument], weights: Sequence[float]) -> list[float]:
+        """Each document's summed NLL; accumulates d(sum of weighted NLL)/dθ into `.grad`."""
+        chunks = [c for d in docs for c in d.chunks]
+        chunk_weights = [w for d, w in zip(docs, weights, strict=True) for _ in d.chunks]
+        if not chunks:
+            return [0.0] * len(docs)
+        chunk_sums = self._nll_sums(chunks, chunk_weights, 1.0, grad=True)
+        out, k = [], 0
+        for d in docs:
+            out.append(sum(chunk_sums[k : k + len(d.chunks)]))
+            k += len(d.chunks)
+        return out
+
+    def _grads_finite(self) -> bool:
+        # One fused reduction over the trainable weights; .item() is a CPU-GPU sync point.
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if not grads:
+            return True
+        return bool(torch.stack([g.float().abs().sum() for g in grads]).sum().isfinite().item())
+
+    def _isolate(
+        self, docs: Sequence[EncodedDocument], weights: Sequence[float]
+    ) -> tuple[list[float], dict[int, str]]:
+        """Redo the step's backward one document at a time, keeping the gradients of those
+        whose loss and gradient are finite. Returns every document's summed NLL (alone) and
+        the culprits with the reason."""
+        total = [torch.zeros_like(p) for p in self.params]
+        sums: list[float] = []
+        bad: dict[int, str] = {}
+        for i, (doc, w) in enumerate(zip(docs, weights, strict=True)):
+            for p in self.params:
+                p.grad = None
+            [s] = self._doc_sums([doc], [w])
+            sums.append(s)
+            if not math.isfinite(s):
+                bad[i] = "non-finite loss"
+            elif not self._grads_finite():
+                bad[i] = "non-finite gradient"
+            else:
+                for acc, p in zip(total, self.params, strict=True):
+                    if p.grad is not None:
+                        acc.add_(p.grad)
+        for acc, p in zip(total, self.params, strict=True):
+            p.grad = acc
+        return sums, bad
 
     def _finish(
         self,
@@ -316,12 +384,21 @@ class Learner:
         started: float,
         grad_norm: float | None = None,
         penalty: float = 0.0,
+        *,
+        rejected: tuple[tuple[int, str], ...] = (),
     ) -> StepReport:
         self.steps += 1
         if skipped is not None:
             self.skipped_updates += 1
-        n_scored = sum(len(d.chunks) for d in docs)
-        scores = self._per_document(docs, sums[:n_scored])
+        culprits = {i for i, _ in rejected}
+        scores = tuple(
+            DocScore(
+                id=d.doc.id,
+                loss=math.nan if i in culprits or not d.tokens else s / d.tokens,
+                tokens=d.tokens,
+            )
+            for i, (d, s) in enumerate(zip(docs, sums, strict=False))
+        )
         return StepReport(
             step=self.steps,
             scores=scores,
@@ -333,6 +410,7 @@ class Learner:
             tokens=sum(d.tokens for d in docs),
             seconds=time.perf_counter() - started,
             penalty=penalty,
+            rejected=rejected,
         )
 
 

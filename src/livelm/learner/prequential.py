@@ -6,6 +6,7 @@ replay contract. Progress bars and reports consume the events; nothing here prin
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -29,21 +30,57 @@ class Stepper(Protocol):
     def step(self, docs: Sequence[EncodedDocument]) -> StepReport: ...
 
 
+def step_size(config: LearnerConfig, tokens: Sequence[int]) -> int:
+    """How many of the documents at hand, in stream order, make the next step.
+
+    `tokens` holds their predicted-token counts (`EncodedDocument.tokens`). A step takes at most
+    `config.max_docs_per_step` documents; with `config.step_tokens` set it closes as soon as its
+    documents hold that many tokens, and a document that alone holds that many is a step of its
+    own (it closes the step before it). With fewer documents at hand than a full step, the step
+    takes them all. Steps then carry a like number of tokens whether the stream is headlines or
+    articles, and so updates of a like weight.
+
+    The server and the workers take `max_docs_per_step` documents, step on the first
+    `step_size(...)` of them and keep the rest for the next step.
+
+    >>> config = LearnerConfig(max_docs_per_step=8, step_tokens=100)
+    >>> step_size(config, [30, 30, 30, 30, 30])  # closes at 120 tokens
+    4
+    >>> step_size(config, [30, 500, 30])  # the long document waits for a step of its own
+    1
+    >>> step_size(config, [500, 30])
+    1
+    >>> step_size(LearnerConfig(max_docs_per_step=2), [30, 30, 30])  # by count alone
+    2
+    """
+    limit = config.step_tokens
+    held = 0
+    for n, count in enumerate(tokens[: config.max_docs_per_step]):
+        if limit is not None and n > 0 and count >= limit:
+            return n
+        held += count
+        if limit is not None and held >= limit:
+            return n + 1
+    return min(len(tokens), config.max_docs_per_step)
+
+
 def batches(
     learner: Stepper, docs: Iterable[Document], max_docs: int | None = None
 ) -> Iterator[list[EncodedDocument]]:
-    """Consecutive documents, encoded, grouped `max_docs_per_step` at a time."""
-    size = learner.config.max_docs_per_step
-    batch: list[EncodedDocument] = []
-    for n, doc in enumerate(docs):
-        if max_docs is not None and n >= max_docs:
-            break
-        batch.append(learner.encode(doc))
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+    """Consecutive documents, encoded, grouped into steps by `step_size`."""
+    config = learner.config
+    stream = iter(docs if max_docs is None else itertools.islice(docs, max_docs))
+    ahead: list[EncodedDocument] = []  # encoded, not yet in a step: at most one step's worth
+    while True:
+        ahead += (
+            learner.encode(d)
+            for d in itertools.islice(stream, config.max_docs_per_step - len(ahead))
+        )
+        if not ahead:
+            return
+        n = step_size(config, [e.tokens for e in ahead])
+        yield ahead[:n]
+        ahead = ahead[n:]
 
 
 def prequential(

@@ -1,17 +1,19 @@
 """Strategies: a learner config and a policy, by preset name, composed from options.
 
 `--strategy` is a comma-separated list of specs. A spec is a preset name, optionally followed by
-`+key=value` options that change its policy:
+`+key=value` options that change its learner or its policy:
 
-    online+replay=0.25+detector=adwin+on-drift=rewarm/reset+anchor=l2sp:0.01
+    online+lr=1e-3+rank=8+step-tokens=512+replay=0.25+detector=adwin+on-drift=rewarm/reset
 
-The keys are the policy flags of `livelm replay` without their dashes (`replay`, `replay-size`,
-`replay-bytes`, `window`, `half-life`, `detector`, `on-drift`, `boost`, `anchor`, `webhook`);
-inside a spec, lists take `/` (`on-drift=rewarm/reset`) since `,` separates specs, and `none`
-turns an option off. The policy flags themselves (`--replay 0.25`) apply to every *learning*
-strategy named, where a spec's own options win; a strategy they changed is named with them
-appended, so the report says what ran. `static` only takes options that need no learning
-(`static+detector=adwin` watches the stream without learning from it).
+The keys are the option flags of `livelm replay` without their dashes (`livelm.policy.options`
+lists them: `lr`, `rank`, `step-tokens`, ... for the learner; `replay`, `detector`, `anchor`, ...
+for the policy); inside a spec, lists take `/` (`on-drift=rewarm/reset`, `targets=q_proj/v_proj`)
+since `,` separates specs, and `none` turns an option off. The flags themselves (`--replay 0.25`,
+`--lr 1e-3`) apply to every *learning* strategy named (the LoRA ones, `--rank` and the other
+LoRA flags; every one, `--precision`, so that all are scored alike), where a spec's own options
+win; a strategy they changed is named with them appended, so the report says what ran.
+`static` only takes options that need no learning (`static+detector=adwin` watches the stream
+without learning from it; `static+docs-per-step=64` scores more documents per forward pass).
 
 Presets live here rather than beside `STRATEGIES` in `livelm.learner.config` because policies
 build on learners, not the other way round; each names a learner strategy, so a change to
@@ -20,16 +22,26 @@ build on learners, not the other way round; each names a learner strategy, so a 
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from livelm.learner.config import STRATEGIES, LearnerConfig
 from livelm.policy.anchor import AnchorConfig
-from livelm.policy.config import DRIFT_ACTIONS, PolicyConfig
+from livelm.policy.config import PolicyConfig
 from livelm.policy.drift import DetectorConfig
+from livelm.policy.options import OPTIONS, POLICY_OPTIONS, Option
 from livelm.policy.span import Span
+
+__all__ = [
+    "POLICY_OPTIONS",
+    "POLICY_PRESETS",
+    "Strategy",
+    "apply_options",
+    "known_strategies",
+    "parse_strategies",
+    "parse_strategy",
+]
 
 
 @dataclass(frozen=True)
@@ -84,62 +96,29 @@ def known_strategies() -> list[str]:
     return [*STRATEGIES, *POLICY_PRESETS]
 
 
-def _none_or(parse: Callable[[str], Any]) -> Callable[[str], Any]:
-    return lambda value: None if value.lower() in ("none", "off") else parse(value)
+def _unfit(key: str, option: Option, name: str, learner: LearnerConfig) -> str:
+    """Why `key` means nothing for preset `name` (whose learner it does not apply to)."""
+    if option.scope == "lora" and learner.learns:
+        return f"{key} is a LoRA option and {name} updates every weight"
+    return f"{name} learns nothing, so {key} would do nothing"
 
 
-def _actions(value: str) -> tuple[str, ...]:
-    actions = tuple(a.strip() for a in re.split(r"[,/]", value) if a.strip())
-    unknown = [a for a in actions if a not in DRIFT_ACTIONS]
-    if unknown:
-        raise ValueError(f"{', '.join(unknown)}: choose from {', '.join(DRIFT_ACTIONS)}")
-    return actions
-
-
-def _bytes(value: str) -> int:
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmg]?)i?b?\s*", value.lower())
-    if match is None:
-        raise ValueError(f"{value!r} is not a size (write 65536, 512KB, 64MB or 1GB)")
-    scale = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[match.group(2)]
-    return int(float(match.group(1)) * scale)
-
-
-def _boost(value: str) -> dict[str, Any]:
-    share, _, steps = value.partition(":")
-    changes: dict[str, Any] = {"boost": float(share)}
-    if steps:
-        changes["boost_steps"] = int(steps)
-    return changes
-
-
-# option key -> the PolicyConfig fields its value sets
-_OPTIONS: dict[str, Callable[[str], dict[str, Any]]] = {
-    "replay": lambda v: {"replay": float(v)},
-    "replay-size": lambda v: {"replay_size": int(v)},
-    "replay-bytes": lambda v: {"replay_bytes": _bytes(v)},
-    "window": lambda v: {"window": _none_or(Span.parse)(v)},
-    "half-life": lambda v: {"half_life": _none_or(Span.parse)(v)},
-    "detector": lambda v: {"detector": _none_or(DetectorConfig.parse)(v)},
-    "on-drift": lambda v: {"on_drift": () if v.lower() == "none" else _actions(v)},
-    "boost": _boost,
-    "anchor": lambda v: {"anchor": _none_or(AnchorConfig.parse)(v)},
-    "webhook": lambda v: {"webhook": _none_or(str)(v)},
-}
-POLICY_OPTIONS = tuple(_OPTIONS)
-
-
-def apply_options(policy: PolicyConfig, options: Mapping[str, str], where: str) -> PolicyConfig:
-    """`policy` with `options` (key -> value, as in a spec) applied; errors name `where`."""
-    changes: dict[str, Any] = {}
+def apply_options(
+    learner: LearnerConfig, policy: PolicyConfig, options: Mapping[str, str], where: str
+) -> tuple[LearnerConfig, PolicyConfig]:
+    """`learner` and `policy` with `options` (key -> value, as in a spec) applied; errors name
+    `where`. Options the learner has no use for are refused (see `Option.scope`)."""
+    changes: dict[str, dict[str, object]] = {"learner": {}, "policy": {}}
     for key, value in options.items():
-        if key not in _OPTIONS:
-            raise ValueError(f"{where}: unknown option {key!r}; known: {', '.join(_OPTIONS)}")
+        option = OPTIONS.get(key)
+        if option is None:
+            raise ValueError(f"{where}: unknown option {key!r}; known: {', '.join(OPTIONS)}")
         try:
-            changes.update(_OPTIONS[key](value))
+            changes[option.on].update(option.parse(value))
         except ValueError as e:
             raise ValueError(f"{where}: {key}={value}: {e}") from None
     try:
-        return policy.replace(**changes)
+        return learner.replace(**changes["learner"]), policy.replace(**changes["policy"])
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
 
@@ -155,23 +134,36 @@ def _preset(name: str) -> tuple[LearnerConfig, PolicyConfig]:
 
 
 def parse_strategy(spec: str, flags: Mapping[str, str] | None = None) -> Strategy:
-    """One spec (`preset[+key=value]...`), with the policy flags for learning strategies."""
+    """One spec (`preset[+key=value]...`), with the option flags for the strategies they fit.
+
+    >>> s = parse_strategy("online+rank=8", {"lr": "1e-3", "replay": "0.25"})
+    >>> s.name, s.learner.lora_r, s.learner.lr, s.policy.replay
+    ('online+rank=8+lr=1e-3+replay=0.25', 8, 0.001, 0.25)
+    """
     name, *parts = spec.strip().split("+")
-    learner, policy = _preset(name.strip())
+    name = name.strip()
+    learner, policy = _preset(name)
+    where = f"--strategy {spec!r}"
     options: dict[str, str] = {}
     for part in parts:
         key, eq, value = part.partition("=")
         if not eq or not key.strip() or key.strip() in options:
-            raise ValueError(f"--strategy {spec!r}: write name+key=value, each key once")
+            raise ValueError(f"{where}: write name+key=value, each key once")
         options[key.strip()] = value.strip()
-    inherited = {k: v for k, v in (flags or {}).items() if k not in options}
-    if not learner.learns:
-        inherited = {}  # the flags are for learning strategies; static takes options only
-    policy = apply_options(policy, {**inherited, **options}, f"--strategy {spec!r}")
+    for key in options:
+        option = OPTIONS.get(key)
+        if option is not None and not option.applies_to(learner):
+            raise ValueError(f"{where}: {_unfit(key, option, name, learner)}")
+    # The flags are for learning strategies, each where it fits (precision for static too).
+    inherited = {
+        k: v
+        for k, v in (flags or {}).items()
+        if k not in options and k in OPTIONS and OPTIONS[k].flag_applies_to(learner)
+    }
+    learner, policy = apply_options(learner, policy, {**inherited, **options}, where)
     if not learner.learns and policy.learning_options():
         raise ValueError(
-            f"--strategy {spec!r} learns nothing, so {', '.join(policy.learning_options())} "
-            "would do nothing"
+            f"{where} learns nothing, so {', '.join(policy.learning_options())} would do nothing"
         )
     full_name = spec.strip() + "".join(f"+{k}={v.replace(',', '/')}" for k, v in inherited.items())
     return Strategy(full_name, learner, policy)
@@ -180,18 +172,20 @@ def parse_strategy(spec: str, flags: Mapping[str, str] | None = None) -> Strateg
 def parse_strategies(spec: str, flags: Mapping[str, str] | None = None) -> tuple[Strategy, ...]:
     """Comma-separated specs; `flags` (option key -> value) apply to the learning ones."""
     for key, value in (flags or {}).items():
-        if key not in _OPTIONS:
-            raise ValueError(f"--{key} is not a policy flag; known: {', '.join(_OPTIONS)}")
+        if key not in OPTIONS:
+            raise ValueError(f"--{key} is not a strategy option; known: {', '.join(OPTIONS)}")
         try:
-            _OPTIONS[key](value)
+            OPTIONS[key].parse(value)
         except ValueError as e:
             raise ValueError(f"--{key} {value}: {e}") from None
     strategies = tuple(parse_strategy(s, flags) for s in spec.split(",") if s.strip())
-    if flags and not any(s.learner.learns for s in strategies):
-        raise ValueError(
-            f"--{next(iter(flags))} applies to learning strategies, and --strategy {spec!r} "
-            "names none (give static its options as static+key=value)"
-        )
+    for key in flags or {}:
+        if not any(OPTIONS[key].flag_applies_to(s.learner) for s in strategies):
+            kind = "LoRA" if OPTIONS[key].scope == "lora" else "learning"
+            raise ValueError(
+                f"--{key} applies to {kind} strategies, and --strategy {spec!r} names none"
+                + (" (give static its options as static+key=value)" if kind == "learning" else "")
+            )
     names = [s.name for s in strategies]
     if len(set(names)) != len(names):
         raise ValueError(f"--strategy {spec!r} names a strategy twice")

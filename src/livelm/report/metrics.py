@@ -24,6 +24,8 @@ class StrategyResult:
     drift_events: list[int] = field(default_factory=list)  # the stream index of each drift
     drift: list[dict[str, Any]] = field(default_factory=list)  # each drift event in full
     policy_stats: dict[str, Any] = field(default_factory=dict)  # counts: replayed docs, ...
+    # The token each chunk started with: {token, id, rule} (see livelm.learner.encoding).
+    boundary: dict[str, Any] | None = None
 
     def metrics(self) -> dict[str, Any]:
         t = self.tally
@@ -42,6 +44,7 @@ class StrategyResult:
             "steps": t.steps,
             "updates": t.updates,
             "skipped_updates": dict(t.skipped),
+            "boundary": self.boundary,
             "config": self.config,
         }
 

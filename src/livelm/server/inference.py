@@ -31,9 +31,12 @@ class Codec:
     """The serving threads' tokenizer, used one call at a time (a fast tokenizer is not
     re-entrant); the learner thread has its own."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_tokens: int) -> None:
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, max_tokens: int, boundary: str = "auto"
+    ) -> None:
         self.tokenizer = tokenizer
-        self.encoder = Encoder(tokenizer, max_tokens)  # the learner's chunking, for scores
+        # The learner's chunking and boundary token (`LearnerConfig.boundary`), for scores.
+        self.encoder = Encoder(tokenizer, max_tokens, boundary)
         self._lock = threading.Lock()
 
     def document(self, doc: Document) -> EncodedDocument:
@@ -65,22 +68,67 @@ class Codec:
         return "\n".join([*lines, "assistant:"])
 
 
+class Cancelled(Exception):
+    """The work stopped because its client went away."""
+
+
+def _never() -> bool:
+    return False
+
+
+def _ignore(tokens: int) -> None:
+    pass
+
+
+class TokenLimitError(Exception):
+    """Documents 0 to `index` already hold `tokens` predicted tokens, past `limit`."""
+
+    def __init__(self, index: int, tokens: int, limit: int) -> None:
+        super().__init__(f"documents 0 to {index} hold {tokens} tokens, past {limit}")
+        self.index = index
+        self.tokens = tokens
+        self.limit = limit
+
+
+def encode_within(codec: Codec, docs: Sequence[Document], limit: int) -> list[EncodedDocument]:
+    """The documents encoded for scoring; `TokenLimitError` as soon as they pass `limit`
+    predicted tokens, so a request past it costs the tokenizing of `limit` tokens, not all."""
+    encoded: list[EncodedDocument] = []
+    total = 0
+    for i, doc in enumerate(docs):
+        encoded.append(codec.document(doc))
+        total += encoded[-1].tokens
+        if total > limit:
+            raise TokenLimitError(i, total, limit)
+    return encoded
+
+
 def score_documents(
     version: ServingVersion,
     docs: Sequence[EncodedDocument],
     pad_id: int,
     token_budget: int,
     row_tokens: int,
+    *,
+    cancelled: Callable[[], bool] = _never,
+    on_tokens: Callable[[int], None] = _ignore,
 ) -> list[DocScore]:
-    """Each document's mean NLL under `version`, its chunks packed as the learner packs them."""
+    """Each document's mean NLL under `version`, its chunks packed as the learner packs them.
+
+    `cancelled()` is asked before each micro-batch: once true, `Cancelled` is raised there, so a
+    client that left stops its work within one micro-batch. `on_tokens` counts each one's tokens.
+    """
     chunks = [c for d in docs for c in d.chunks]
     owner_doc = torch.tensor([i for i, d in enumerate(docs) for _ in d.chunks], dtype=torch.long)
     device = next(version.model.parameters()).device
     sums = torch.zeros(len(docs), device=device)
     with torch.inference_mode(), version.autocast():
         for batch in pack(chunks, row_tokens, token_budget, pad_id):
+            if cancelled():
+                raise Cancelled
             nll, owner = token_nll(version.model, batch, device)
             sums.index_add_(0, owner_doc.to(device)[owner], nll)
+            on_tokens(int(nll.numel()))
     totals = sums.cpu().tolist()
     return [
         DocScore(id=d.doc.id, loss=totals[i] / d.tokens if d.tokens else math.nan, tokens=d.tokens)
@@ -88,10 +136,16 @@ def score_documents(
     ]
 
 
+# A temperature below this decodes greedily, as vLLM's do: logits divided by a subnormal
+# temperature (1e-39) overflow to inf, and sampling from those fails; none of it differs from
+# greedy decoding in any text.
+GREEDY_BELOW = 1e-5
+
+
 @dataclass(frozen=True)
 class Sampling:
     max_tokens: int = 16
-    temperature: float = 1.0  # 0: greedy
+    temperature: float = 1.0  # below GREEDY_BELOW (0): greedy
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
 
@@ -113,15 +167,18 @@ _END = object()
 class _TokenQueue(BaseStreamer):
     """Receives generate's new token ids (the first `put` is the prompt, skipped)."""
 
-    def __init__(self, out: queue.SimpleQueue[Any]) -> None:
+    def __init__(self, out: queue.SimpleQueue[Any], on_tokens: Callable[[int], None]) -> None:
         self.out = out
+        self.on_tokens = on_tokens
         self.prompt_seen = False
 
     def put(self, value: torch.Tensor) -> None:
         if not self.prompt_seen:
             self.prompt_seen = True
             return
-        for token in value.reshape(-1).tolist():
+        tokens = value.reshape(-1).tolist()
+        self.on_tokens(len(tokens))
+        for token in tokens:
             self.out.put(int(token))
 
     def end(self) -> None:
@@ -154,6 +211,7 @@ class Generation:
         gate: PriorityGate,
         eos_ids: Sequence[int],
         pad_id: int,
+        on_tokens: Callable[[int], None] = _ignore,
     ) -> None:
         self.version = version
         self.prompt_tokens = len(prompt_ids)
@@ -163,7 +221,7 @@ class Generation:
         self._eos = set(eos_ids)
         self._tokens: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._cancel = threading.Event()
-        greedy = sampling.temperature == 0
+        greedy = sampling.temperature < GREEDY_BELOW
         config = GenerationConfig(
             max_new_tokens=sampling.max_tokens,
             do_sample=not greedy,
@@ -175,7 +233,7 @@ class Generation:
         )
         device = next(version.model.parameters()).device
         ids = torch.tensor([prompt_ids], device=device)
-        streamer = _TokenQueue(self._tokens)
+        streamer = _TokenQueue(self._tokens, on_tokens)
         stopping = StoppingCriteriaList([_Cancelled(self._cancel)])
 
         def run() -> object:

@@ -52,6 +52,18 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.served_tokens = Counter(
+            "livelm_served_tokens",
+            "Tokens the model scored (/v1/score) or generated for requests",
+            ["kind"],
+            registry=r,
+        )
+        self.cancelled = Counter(
+            "livelm_requests_cancelled",
+            "Model requests stopped early because their client went away",
+            ["route"],
+            registry=r,
+        )
         self.request_seconds = Histogram(
             "livelm_request_seconds",
             "HTTP request latency, by route",

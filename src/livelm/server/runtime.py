@@ -12,26 +12,26 @@ import fcntl
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import IO
 
 from livelm.document import Document
-from livelm.learner import DocScore
-from livelm.model import load_model
+from livelm.learner import DocScore, EncodedDocument
+from livelm.loop import CanaryGuard, LearningLoop, LoopSettings, QueueFeed, canary_documents
+from livelm.model import autocast_dtype_for, load_model
 from livelm.policy import build_learner
-from livelm.server.errors import ApiError
+from livelm.server.errors import ApiError, NotReadyError
 from livelm.server.feeder import Feeder
 from livelm.server.follower import Follower
 from livelm.server.gate import PriorityGate
-from livelm.server.guard import CanaryGuard, canary_documents
 from livelm.server.inference import Codec, Generation, Sampling, score_documents
-from livelm.server.learning import LearnerService
 from livelm.server.metrics import Metrics
 from livelm.server.settings import ServerSettings
-from livelm.server.versions import ServingVersion
+from livelm.server.versions import ServingVersion, serving_copy
 from livelm.source.queue import Accepted, DocumentQueue, DocumentStatus, State
+from livelm.source.reconcile import reconcile
 from livelm.source.redis_stream import RedisSpec, RedisStreamSource
-from livelm.store import Manifest, SnapshotStore
+from livelm.store import Manifest, SnapshotStore, base_model_id
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ class Runtime:
         self.codec = Codec(
             copy.deepcopy(loaded.tokenizer),
             min(config.max_tokens, self.window) if self.window else config.max_tokens,
+            config.boundary,
         )
         self.pad_id = int(
             loaded.tokenizer.pad_token_id
@@ -92,7 +93,7 @@ class Runtime:
             else None
         )
         self.queue: DocumentQueue | None = None
-        self.learner: LearnerService | Follower
+        self.learner: LearningLoop | Follower
         if settings.follow is not None:
             self.store = SnapshotStore(settings.follow, keep_last=settings.keep_last)
             self.learner = Follower(
@@ -106,18 +107,29 @@ class Runtime:
             self.queue = DocumentQueue(data_dir / "queue.sqlite3")
             self.store = SnapshotStore(data_dir / "snapshots", keep_last=settings.keep_last)
             canary = canary_documents(settings.canary)  # what to keep: the guard's and EWC's
-            self.learner = LearnerService(
-                learner=build_learner(
-                    loaded.model, loaded.tokenizer, config, settings.policy, canary
-                ),
-                queue=self.queue,
+            learner = build_learner(loaded.model, loaded.tokenizer, config, settings.policy, canary)
+            self.learner = LearningLoop(
+                learner=learner,
+                feed=QueueFeed(self.queue),
                 store=self.store,
-                guard=CanaryGuard(canary, settings.guard_max_rise),
+                guard=CanaryGuard(canary, settings.guard_max_rise, settings.guard_max_total_rise),
+                base_model=base_model_id(settings.model),
+                where=f"--data-dir {settings.data_dir}",
+                settings=LoopSettings(
+                    publish_every_steps=settings.publish_every_steps,
+                    publish_every_s=settings.publish_every_s,
+                    block_ms=1000,
+                ),
                 gate=self.gate,
                 metrics=self.metrics,
-                settings=settings,
-                on_live=self._set_live,
+                on_live=self._serve_learner_version,
             )
+        if self.queue is not None:
+            # Before the learner resumes after the store's position: a lost or older queue
+            # would number new documents below it, and they would never be learned.
+            warning = reconcile(self.queue, self.store, rebase=settings.rebase_queue)
+            if warning is not None:
+                log.warning("%s", warning)
         self.learner.bootstrap()
         self.feeder = (
             Feeder(settings.feed, self, every=settings.feed_every, backlog=settings.feed_backlog)
@@ -143,6 +155,15 @@ class Runtime:
 
     # -- versions -------------------------------------------------------------------------------
 
+    def _serve_learner_version(self, manifest: Manifest) -> None:
+        """A version the learner made live: serve a frozen copy of its weights (taken between
+        steps: the loop calls this under its lock)."""
+        assert isinstance(self.learner, LearningLoop)
+        model = self.learner.learner.model
+        device = next(model.parameters()).device
+        autocast = autocast_dtype_for(device, self.settings.learner_config.precision)
+        self._set_live(ServingVersion(manifest, serving_copy(model), autocast))
+
     def _set_live(self, version: ServingVersion) -> None:
         # One reference swap: a request reads `live` once and keeps that version to its end.
         self._live = version
@@ -158,10 +179,23 @@ class Runtime:
             return False, f"the learner stopped: {self.learner.error!r}"
         if not self.learner.alive:
             return False, "the learner is not running"
+        trouble = getattr(self.learner, "trouble", None)
+        if trouble is not None:
+            return False, f"the learner is waiting to retry: {trouble}"
+        if self.queue is not None and (problem := self.queue.storage_problem()) is not None:
+            return False, problem  # a document sent now would be refused
         return True, "ready"
 
     def rollback(self, version: int) -> Manifest:
-        return self.learner.rollback(version)
+        try:
+            return self.learner.rollback(version)
+        except OSError as e:  # the store's disk: the rollback changed nothing
+            raise NotReadyError(
+                f"cannot roll back to version {version}: {e}; nothing changed (version "
+                f"{self.live.number} is live): free space on the snapshots' disk or make it "
+                "writable, then retry",
+                param="version",
+            ) from e
 
     # -- documents ------------------------------------------------------------------------------
 
@@ -192,7 +226,8 @@ class Runtime:
     def backlog(self) -> int:
         if self.queue is None:
             return 0 if self.stream is None else self.stream.backlog()
-        return self.queue.queued_after(self.learner.position)
+        assert isinstance(self.learner, LearningLoop)  # a server with a queue learns
+        return self.learner.backlog()
 
     def document_status(self, doc_id: str) -> DocumentStatus | None:
         if self.queue is None:
@@ -208,11 +243,22 @@ class Runtime:
 
     # -- inference ------------------------------------------------------------------------------
 
-    def score(self, docs: Sequence[Document], version: ServingVersion) -> list[DocScore]:
-        encoded = [self.codec.document(d) for d in docs]
+    def score(
+        self,
+        docs: Sequence[EncodedDocument],
+        version: ServingVersion,
+        cancelled: Callable[[], bool] = lambda: False,
+    ) -> list[DocScore]:
+        """Documents encoded by `codec.document`; `cancelled` stops it between micro-batches."""
         with self.gate.serving():
             return score_documents(
-                version, encoded, self.pad_id, self.token_budget, self.row_tokens
+                version,
+                docs,
+                self.pad_id,
+                self.token_budget,
+                self.row_tokens,
+                cancelled=cancelled,
+                on_tokens=self.metrics.served_tokens.labels(kind="scored").inc,
             )
 
     def prompt_ids(self, prompt: str, max_tokens: int, *, raw: bool = False) -> list[int]:
@@ -233,7 +279,14 @@ class Runtime:
         self, prompt_ids: list[int], sampling: Sampling, version: ServingVersion
     ) -> Generation:
         return Generation(
-            version, self.codec, prompt_ids, sampling, self.gate, self.eos_ids, self.pad_id
+            version,
+            self.codec,
+            prompt_ids,
+            sampling,
+            self.gate,
+            self.eos_ids,
+            self.pad_id,
+            on_tokens=self.metrics.served_tokens.labels(kind="generated").inc,
         )
 
 

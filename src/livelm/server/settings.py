@@ -65,9 +65,14 @@ class ServerSettings:
     publish_every_steps: int = 16
     publish_every_s: float = 10.0
     keep_last: int = 10
+    # A queue that disagrees with the store at startup (see livelm.source.reconcile) is re-based
+    # after the store's position instead of refused.
+    rebase_queue: bool = False
     # The guard: a candidate whose canary loss is not finite or rose by more than this many
     # nats per token over the live version's is refused.
     guard_max_rise: float = 1.0
+    # ... or rose by more than this over the base model's (a slow climb, version by version).
+    guard_max_total_rise: float = 0.5
     canary: Path | None = None  # a stream file of canary documents; None: the built-in set
     # Feeding a stream file into the queue at startup, in order, as fast as the learner keeps up.
     feed: Path | None = None
@@ -79,6 +84,12 @@ class ServerSettings:
     max_documents_per_request: int = 256
     max_document_chars: int = 32_768
     max_new_tokens: int = 512
+    # Tokens one POST /v1/score may ask the model to score: about a minute of a 135M model on
+    # two CPU cores, a small fraction of the 4 MB a body may carry (~1M tokens, ~40 minutes).
+    max_score_tokens: int = 16_384
+    # Seconds a client has to send its whole request body once its headers are in; a slower
+    # one gets a 408 and its connection closed, so a stalled upload does not hold a worker.
+    body_timeout_s: float = 30.0
     # Serving first: at most this many model requests run at once; the learner starts a step
     # only after no request has run for `yield_quiet_s`, or once it has waited `yield_max_s`.
     max_inflight: int = 2
@@ -95,12 +106,15 @@ class ServerSettings:
             "--publish-every-s": self.publish_every_s,
             "--keep-last": self.keep_last,
             "--guard-max-rise": self.guard_max_rise,
+            "--guard-max-total-rise": self.guard_max_total_rise,
             "--feed-every": self.feed_every,
             "--feed-backlog": self.feed_backlog,
             "--max-request-bytes": self.max_request_bytes,
             "--max-documents-per-request": self.max_documents_per_request,
             "--max-document-chars": self.max_document_chars,
             "--max-new-tokens": self.max_new_tokens,
+            "--max-score-tokens": self.max_score_tokens,
+            "--body-timeout-s": self.body_timeout_s,
             "--max-inflight": self.max_inflight,
             "--yield-max-s": self.yield_max_s,
         }

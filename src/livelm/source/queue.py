@@ -15,12 +15,21 @@ request so that nothing is half-stored.
 
 Writes are serialized by SQLite; one connection, shared by the request threads and the learner
 thread behind a lock, is enough for the rates a single learner can absorb.
+
+A write the disk refuses (full, read-only, an I/O error) raises `StorageUnavailable` (see
+`livelm.source.storage`) after its transaction is rolled back: the API answers 503 and nothing
+of the request is stored. `storage_problem` says whether the queue can store now, for the
+readiness check.
+
+The `meta` table records the snapshot store the queue feeds (its id, see
+`SnapshotStore.identity`); `livelm.source.reconcile` checks the two agree at startup.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -31,6 +40,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from livelm.document import Document
+from livelm.source.storage import QueueFileError, StorageUnavailable, storage_reason
 
 State = Literal["queued", "learned", "rejected"]
 STATES: tuple[State, ...] = ("queued", "learned", "rejected")
@@ -52,7 +62,15 @@ CREATE TABLE IF NOT EXISTS documents (
     done_at     REAL
 );
 CREATE INDEX IF NOT EXISTS documents_state_seq ON documents (state, seq);
+CREATE TABLE IF NOT EXISTS meta (
+    key         TEXT    PRIMARY KEY,
+    value       TEXT    NOT NULL
+);
 """
+
+# Below this much free space the queue reports itself unable to store: a document may be up to
+# 32k characters (~128 KB of UTF-8 at worst), and the write-ahead log grows by whole pages.
+MIN_FREE_BYTES = 64 << 10
 
 
 class ConflictError(ValueError):
@@ -113,15 +131,28 @@ class DocumentQueue:
     """
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
-        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT) below.
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")  # a commit is fsynced before it returns
-        self._db.execute("PRAGMA busy_timeout=10000")
-        self._db.executescript(_SCHEMA)
+        self._failed: str | None = None  # why the last write failed, until one succeeds
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT) below.
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")  # a commit is fsynced on return
+                self._db.execute("PRAGMA busy_timeout=10000")
+                self._db.executescript(_SCHEMA)
+            except BaseException:
+                self._db.close()
+                raise
+        except (sqlite3.Error, OSError) as e:
+            reason = storage_reason(e)
+            if reason is not None:
+                raise StorageUnavailable(path, reason) from None
+            if isinstance(e, sqlite3.DatabaseError):  # "file is not a database", "malformed"
+                raise QueueFileError(path, str(e)) from None
+            raise
 
     def close(self) -> None:
         with self._lock:
@@ -129,14 +160,26 @@ class DocumentQueue:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: all of it is durable when this exits, or none of it.
+
+        The COMMIT is inside the guarded block: on a full disk it is the commit that fails,
+        and its transaction must still be rolled back, or the next BEGIN would fail too.
+        """
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
+                self._db.execute("BEGIN IMMEDIATE")
                 yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                self._db.execute("COMMIT")
+            except BaseException as e:
+                # SQLite may have rolled back already (it does on some I/O and full errors).
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                reason = storage_reason(e)
+                if reason is None:
+                    raise
+                self._failed = reason
+                raise StorageUnavailable(self.path, reason) from None
+            self._failed = None
 
     def put(self, docs: Sequence[Document]) -> list[Accepted]:
         """Store documents in one transaction; durable when this returns.
@@ -240,6 +283,112 @@ class DocumentQueue:
                 "SELECT COUNT(*) FROM documents WHERE state = 'queued' AND seq > ?", (position,)
             ).fetchone()
         return int(row[0])
+
+    # -- storage --------------------------------------------------------------------------------
+
+    def storage_problem(self) -> str | None:
+        """Why the queue cannot store a document now (one line), or None when it can.
+
+        Looks at the file system (read-only, free space) and, after a write failed, tries a small
+        durable write of its own: a disk that has room again clears the failure without waiting
+        for a client to risk a document on it.
+        """
+        directory = self.path.parent
+        try:
+            fs = os.statvfs(directory)
+        except OSError as e:
+            return f"the document queue's directory {directory} cannot be read: {e.strerror}"
+        if fs.f_flag & os.ST_RDONLY:
+            return f"the document queue's file system is read-only ({directory})"
+        free = fs.f_bavail * fs.f_frsize
+        if free < MIN_FREE_BYTES:
+            return f"the document queue's disk is full ({free} bytes free in {directory})"
+        if self._failed is not None:
+            try:
+                with self._transaction() as db:
+                    db.execute(
+                        "INSERT OR REPLACE INTO meta (key, value) VALUES ('probe', ?)",
+                        (str(time.time()),),
+                    )
+            except StorageUnavailable as e:
+                return str(e)
+        return None
+
+    # -- the store it feeds ---------------------------------------------------------------------
+
+    def store_id(self) -> str | None:
+        """The id of the snapshot store this queue feeds; None before it was bound to one."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'store'").fetchone()
+        return None if row is None else str(row[0])
+
+    def high_water(self) -> int:
+        """The highest position ever given out: the next document gets the one after it."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'documents'"
+            ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def size(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM documents").fetchone()[0])
+
+    def queued_through(self, position: int) -> list[int]:
+        """The queued documents at or before `position`: a learner past it never takes them."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq FROM documents WHERE state = 'queued' AND seq <= ? ORDER BY seq",
+                (position,),
+            ).fetchall()
+        return [int(r[0]) for r in rows]
+
+    def rebase(self, store_id: str, position: int, learned: dict[int, int]) -> tuple[int, int]:
+        """Make the queue feed `store_id` from `position` on, in one transaction.
+
+        Queued documents that the store's versions list as learned (`learned`: seq -> version)
+        are acknowledged; the other queued documents at or before `position` are moved past it,
+        in their order, so that the learner takes them; new documents are numbered after it.
+        Returns (acknowledged, moved).
+        """
+        now = time.time()
+        with self._transaction() as db:
+            acked = 0
+            for seq, version in sorted(learned.items()):
+                acked += db.execute(
+                    "UPDATE documents SET state = 'learned', version = ?, done_at = ? "
+                    "WHERE seq = ? AND state = 'queued'",
+                    (version, now, seq),
+                ).rowcount
+            stuck = db.execute(
+                "SELECT seq, id, digest, text, time, meta, accepted_at FROM documents "
+                "WHERE state = 'queued' AND seq <= ? ORDER BY seq",
+                (position,),
+            ).fetchall()
+            row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'documents'").fetchone()
+            high = max(position, 0 if row is None else int(row[0]))
+            # AUTOINCREMENT numbers after sqlite_sequence's value: set it, and the next INSERT
+            # (a moved document now, or a new one later) gets high + 1.
+            if row is None:
+                db.execute(
+                    "INSERT INTO sqlite_sequence (name, seq) VALUES ('documents', ?)", (high,)
+                )
+            else:
+                db.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'documents'", (high,))
+            for seq, *fields in stuck:
+                db.execute("DELETE FROM documents WHERE seq = ?", (seq,))
+                db.execute(
+                    "INSERT INTO documents (id, digest, text, time, meta, accepted_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    fields,
+                )
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('store', ?)", (store_id,))
+        return acked, len(stuck)
+
+    def bind(self, store_id: str) -> None:
+        """Record the snapshot store this queue feeds."""
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('store', ?)", (store_id,))
 
     def dump(self) -> list[dict[str, Any]]:
         """Every row but the text, in stream order (for checks and tests)."""

@@ -6,6 +6,7 @@ Layout under the store's root::
     v000002/
     live.json           written by a rollback only: {"version": 1, "newest": 2}
     pins.json           versions kept whatever the retention: [1]
+    store.json          the store's identity, written once: {"id": "3f2a...", "created": ...}
 
 A version is written under a temporary name (`.tmp-...`), every file and the directory are
 fsynced, and only then is it renamed to `vNNNNNN` (and the root fsynced): a reader, or a restart
@@ -16,6 +17,9 @@ The live version is the newest one, unless a rollback made an older one live sin
 records the version rolled back to and the newest version at that time, so a version published
 after the rollback is live again without writing anything but its own directory. Publishing is
 then a single rename.
+
+The identity lets a document queue check that it feeds this store, and no other: a queue
+records the id of the store it feeds (see `livelm.source.reconcile`).
 
 Retention keeps the newest `keep_last` versions, the pinned ones and the live one; a version is
 deleted by renaming it out of the way first, so a listing never shows a half-deleted version.
@@ -33,11 +37,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from livelm.store.manifest import MANIFEST, Manifest
+from livelm.store.manifest import MANIFEST, Manifest, utc_now
 
 _VERSION_DIR = re.compile(r"^v(\d{6,})$")
 _LIVE = "live.json"
 _PINS = "pins.json"
+_IDENTITY = "store.json"
 
 
 class UnknownVersionError(KeyError):
@@ -138,6 +143,31 @@ class SnapshotStore:
             return set(json.loads((self.root / _PINS).read_text()))
         except FileNotFoundError:
             return set()
+
+    def identity(self) -> str:
+        """The store's id: random, written into `store.json` the first time it is asked for,
+        and the same for every process that opens the store from then on.
+
+        Created on demand rather than on open, so that a replica can follow a store it may not
+        write to. Two processes asking at once agree: each writes its own candidate under a
+        temporary name and links it into place, and a link never replaces an existing file.
+        """
+        path = self.root / _IDENTITY
+        if not path.exists():
+            tmp = self.root / f".tmp-{_IDENTITY}-{uuid.uuid4().hex[:8]}"
+            with open(tmp, "w") as f:
+                json.dump({"id": uuid.uuid4().hex, "created": utc_now()}, f, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, path)
+                fsync_path(self.root)
+            except FileExistsError:
+                pass  # another process made it first: its id is the store's
+            finally:
+                tmp.unlink()
+        identity: str = json.loads(path.read_text())["id"]
+        return identity
 
     # -- writing --------------------------------------------------------------------------------
 

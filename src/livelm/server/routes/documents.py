@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import math
+import threading
 
-from fastapi import APIRouter, Response
+import anyio
+from fastapi import APIRouter, Request, Response
 
 from livelm.document import Document
+from livelm.learner import DocScore
 from livelm.server.deps import READ, WRITE, RuntimeDep, SettingsDep, check_documents
-from livelm.server.errors import NotFoundError
+from livelm.server.errors import NotFoundError, TooLargeError
+from livelm.server.inference import TokenLimitError, encode_within
+from livelm.server.routes.disconnect import run_cancellable
 from livelm.server.schemas.documents import (
     DocumentReceipt,
     DocumentScore,
@@ -30,7 +35,8 @@ def post_documents(
     """Store documents for learning; they are on disk when this answers.
 
     Re-sending a document (same id, same text) stores nothing and reports its state; the same
-    id with another text is a 409, and nothing of the request is stored.
+    id with another text is a 409, and nothing of the request is stored. A disk that cannot
+    store (full, read-only) is a 503 with a Retry-After, and nothing is stored either.
     """
     check_documents([d.text for d in body.documents], settings)
     docs = [
@@ -73,15 +79,36 @@ def get_document(doc_id: str, runtime: RuntimeDep) -> DocumentStatusOut:
 
 
 @router.post("/score", dependencies=READ)
-def score(
-    body: ScoreRequest, runtime: RuntimeDep, settings: SettingsDep, response: Response
+async def score(
+    body: ScoreRequest,
+    runtime: RuntimeDep,
+    settings: SettingsDep,
+    request: Request,
+    response: Response,
 ) -> ScoreResponse:
     """Each document's loss, perplexity and surprise under the live version; nothing is
-    stored or learned."""
+    stored or learned.
+
+    At most `--max-score-tokens` tokens per request (a 413 past it, before any model work);
+    the work stops when the client disconnects.
+    """
     check_documents([d.text for d in body.documents], settings)
     version = runtime.live
     docs = [Document(d.text, id="" if d.id is None else str(d.id)) for d in body.documents]
-    scores = runtime.score(docs, version)
+    limit = settings.max_score_tokens
+    try:
+        encoded = await anyio.to_thread.run_sync(encode_within, runtime.codec, docs, limit)
+    except TokenLimitError as e:
+        raise TooLargeError(
+            f"documents 0 to {e.index} already hold {e.tokens} tokens to score; the limit is "
+            f"{limit} per request (--max-score-tokens): send fewer or shorter documents",
+            param="documents",
+        ) from None
+
+    def work(gone: threading.Event) -> list[DocScore]:
+        return runtime.score(encoded, version, cancelled=gone.is_set)
+
+    scores = await run_cancellable(request, work, runtime.metrics, "score")
     response.headers["X-Livelm-Version"] = str(version.number)
     out = []
     for s in scores:

@@ -19,7 +19,8 @@ def healthz() -> Health:
 
 @router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
 def readyz(runtime: RuntimeDep) -> Health | JSONResponse:
-    """200 while a version is live and the learner runs; 503 (with why) otherwise."""
+    """200 while a version is live, the learner runs and the queue can store documents (its
+    disk has room and takes writes); 503 (with why) otherwise."""
     ready, detail = runtime.ready
     health = Health(
         status="ready" if ready else "unavailable",

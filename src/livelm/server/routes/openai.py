@@ -8,19 +8,22 @@ Streams are server-sent events ending with `data: [DONE]`, as OpenAI's are.
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
 from datetime import datetime
 
 import anyio
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from livelm.server.deps import READ, LimitError, RuntimeDep, SettingsDep
 from livelm.server.errors import NotFoundError, error_body
-from livelm.server.inference import FinishReason, Generation, Piece, Sampling
+from livelm.server.inference import Cancelled, FinishReason, Generation, Piece, Sampling
+from livelm.server.routes.disconnect import run_cancellable
+from livelm.server.runtime import Runtime
 from livelm.server.schemas.openai import (
     ChatChoice,
     ChatChunkChoice,
@@ -77,11 +80,37 @@ def _run(generation: Generation) -> tuple[str, FinishReason]:
     return "".join(text), reason
 
 
+async def _next_piece(pieces: Iterator[Piece], generation: Generation) -> Piece | None:
+    """The next piece, read in a worker thread.
+
+    A thread cannot be interrupted, so a request cancelled meanwhile (its client left: the
+    stream's response is cancelled) would wait for the next piece, which may be many tokens
+    away (text held back for a stop string, a character split across tokens), or, queued for
+    a model slot, a whole other request away. A sibling task therefore tells the generation to
+    stop as soon as the cancellation arrives: it ends at its next token, and the thread returns.
+    """
+    read = False
+
+    async def stop_when_cancelled() -> None:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            if not read:
+                generation.cancel()
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(stop_when_cancelled)
+        piece = await anyio.to_thread.run_sync(next, pieces, None)
+        read = True
+        tasks.cancel_scope.cancel()
+    return piece
+
+
 async def _pieces(generation: Generation) -> AsyncIterator[Piece]:
-    """The generation's pieces, each read in a worker thread; cancelled with the request."""
+    """The generation's pieces; it stops when the request is cancelled (the client left)."""
     pieces: Iterator[Piece] = iter(generation)
     try:
-        while (piece := await anyio.to_thread.run_sync(next, pieces, None)) is not None:
+        while (piece := await _next_piece(pieces, generation)) is not None:
             yield piece
     finally:
         generation.cancel()
@@ -108,13 +137,52 @@ def _stream(events: AsyncIterator[str], version: ServingVersion) -> StreamingRes
     )
 
 
+async def _generate_all(
+    request: Request,
+    runtime: Runtime,
+    prompts: list[list[int]],
+    sampling: Sampling,
+    version: ServingVersion,
+    route: str,
+) -> list[tuple[str, FinishReason, Generation]]:
+    """Each prompt's generation, one after another; all stop when the client disconnects."""
+    running: list[Generation] = []
+
+    def stop() -> None:
+        for generation in list(running):
+            generation.cancel()
+
+    def work(gone: threading.Event) -> list[tuple[str, FinishReason, Generation]]:
+        done = []
+        for ids in prompts:
+            generation = runtime.generate(ids, sampling, version)
+            running.append(generation)
+            if gone.is_set():  # the client left before `stop` could see this one
+                generation.cancel()
+            text, reason = _run(generation)
+            if gone.is_set():
+                raise Cancelled
+            done.append((text, reason, generation))
+        return done
+
+    return await run_cancellable(request, work, runtime.metrics, route, stop=stop)
+
+
 @router.post("/completions", response_model=Completion)
-def completions(
-    body: CompletionRequest, runtime: RuntimeDep, settings: SettingsDep, response: Response
+async def completions(
+    body: CompletionRequest,
+    runtime: RuntimeDep,
+    settings: SettingsDep,
+    request: Request,
+    response: Response,
 ) -> Completion | StreamingResponse:
     sampling = _sampling(body, body.max_tokens, settings)
     version = runtime.live
-    prompts = [runtime.prompt_ids(p, sampling.max_tokens) for p in body.prompt]
+
+    def encode() -> list[list[int]]:
+        return [runtime.prompt_ids(p, sampling.max_tokens) for p in body.prompt]
+
+    prompts = await anyio.to_thread.run_sync(encode)
     ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
 
     def chunk(index: int, text: str, reason: FinishReason | None) -> Completion:
@@ -136,10 +204,9 @@ def completions(
 
         return _stream(events(), version)
 
+    done = await _generate_all(request, runtime, prompts, sampling, version, "completions")
     choices, usage = [], Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
-    for index, ids in enumerate(prompts):
-        generation = runtime.generate(ids, sampling, version)
-        text, reason = _run(generation)
+    for index, (text, reason, generation) in enumerate(done):
         choices.append(CompletionChoice(index=index, text=text, finish_reason=reason))
         usage = _add(usage, generation)
     response.headers["X-Livelm-Version"] = str(version.number)
@@ -162,13 +229,22 @@ def _add(usage: Usage, generation: Generation) -> Usage:
 
 
 @router.post("/chat/completions", response_model=ChatCompletion)
-def chat_completions(
-    body: ChatRequest, runtime: RuntimeDep, settings: SettingsDep, response: Response
+async def chat_completions(
+    body: ChatRequest,
+    runtime: RuntimeDep,
+    settings: SettingsDep,
+    request: Request,
+    response: Response,
 ) -> ChatCompletion | StreamingResponse:
-    sampling = _sampling(body, body.new_tokens, settings)
+    sampling = _sampling(body, body.new_tokens(settings.max_new_tokens), settings)
     version = runtime.live
-    prompt = runtime.codec.chat_prompt([{"role": m.role, "content": m.text} for m in body.messages])
-    ids = runtime.prompt_ids(prompt, sampling.max_tokens, raw=runtime.codec.has_chat_template)
+    codec = runtime.codec
+
+    def encode() -> list[int]:
+        prompt = codec.chat_prompt([{"role": m.role, "content": m.text} for m in body.messages])
+        return runtime.prompt_ids(prompt, sampling.max_tokens, raw=codec.has_chat_template)
+
+    ids = await anyio.to_thread.run_sync(encode)
     ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
     if body.stream:
@@ -193,8 +269,9 @@ def chat_completions(
 
         return _stream(events(), version)
 
-    generation = runtime.generate(ids, sampling, version)
-    text, reason = _run(generation)
+    [(text, reason, generation)] = await _generate_all(
+        request, runtime, [ids], sampling, version, "chat"
+    )
     response.headers["X-Livelm-Version"] = str(version.number)
     return ChatCompletion(
         id=ident,

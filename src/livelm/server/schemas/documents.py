@@ -7,9 +7,11 @@ many documents, how long a text) are checked by the routes, which know the setti
 from __future__ import annotations
 
 import math
-from typing import Any
+import unicodedata
+from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -24,15 +26,66 @@ from livelm.source.queue import State
 MAX_ID_CHARS = 256
 
 
-def check_text(text: str) -> str:
-    """A text must say something and be valid Unicode (JSON can carry lone surrogates)."""
-    if not text.strip():
-        raise ValueError("the text is empty; send some text")
+def check_unicode(text: str) -> str:
+    """A string must be valid Unicode: JSON's `\\ud800` escapes can carry lone surrogates,
+    which no tokenizer, database or response encoder takes."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise ValueError(f"the text is not valid Unicode (a lone surrogate at {e.start})") from None
+        raise ValueError(f"not valid Unicode (a lone surrogate at {e.start})") from None
     return text
+
+
+def check_text(text: str) -> str:
+    """A text must say something and be valid Unicode."""
+    if not text.strip():
+        raise ValueError("the text is empty; send some text")
+    try:
+        return check_unicode(text)
+    except ValueError as e:
+        raise ValueError(f"the text is {e}") from None
+
+
+def _no_controls(text: str, what: str) -> str:
+    """Ids and times are one-line labels: a control character (a newline) has no place in one,
+    and in a log line it would forge the next."""
+    bad = next((i for i, c in enumerate(text) if unicodedata.category(c) == "Cc"), None)
+    if bad is not None:
+        raise ValueError(f"{what} has a control character at {bad} (U+{ord(text[bad]):04X})")
+    return text
+
+
+def check_id(v: str | int | None) -> str | int | None:
+    if v is None:
+        return v
+    text = check_unicode(v) if isinstance(v, str) else str(v)
+    if not (0 < len(text.strip()) <= MAX_ID_CHARS and text == text.strip()):
+        raise ValueError(f"an id is 1 to {MAX_ID_CHARS} characters without surrounding whitespace")
+    _no_controls(text, "the id")
+    return v
+
+
+def check_json(value: Any, where: str) -> None:
+    """Free-form JSON (meta) must hold valid Unicode and finite numbers (Python's JSON parser
+    takes NaN and Infinity, which no JSON reader downstream does)."""
+    if isinstance(value, str):
+        try:
+            check_unicode(value)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where}: {value} is not a JSON number")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            check_json(k, f"{where} (a key)")
+            check_json(v, f"{where}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            check_json(v, f"{where}.{i}")
+
+
+Unicode = Annotated[StrictStr, AfterValidator(check_unicode)]
+DocumentId = Annotated[StrictStr | StrictInt | None, AfterValidator(check_id)]
 
 
 def _wrap(data: Any) -> Any:
@@ -60,10 +113,10 @@ class DocumentIn(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     text: StrictStr = Field(description="the text to learn from")
-    id: StrictStr | StrictInt | None = Field(
+    id: DocumentId = Field(
         None, description="makes re-sends idempotent; default: a hash of the text"
     )
-    time: StrictStr | None = Field(None, max_length=64, description="ISO date or timestamp")
+    time: Unicode | None = Field(None, max_length=64, description="ISO date or timestamp")
     meta: dict[str, Any] | None = None
 
     @field_validator("text")
@@ -71,14 +124,15 @@ class DocumentIn(BaseModel):
     def _text(cls, v: str) -> str:
         return check_text(v)
 
-    @field_validator("id")
+    @field_validator("time")
     @classmethod
-    def _id(cls, v: str | int | None) -> str | int | None:
-        if isinstance(v, str) and not (0 < len(v.strip()) <= MAX_ID_CHARS and v == v.strip()):
-            raise ValueError(
-                f"an id is 1 to {MAX_ID_CHARS} characters without surrounding whitespace"
-            )
-        return v
+    def _time(cls, v: str | None) -> str | None:
+        return None if v is None else _no_controls(v, "the time")
+
+    @model_validator(mode="after")
+    def _meta(self) -> DocumentIn:
+        check_json(self.merged_meta(), "meta")
+        return self
 
     def merged_meta(self) -> dict[str, Any]:
         return {**(self.model_extra or {}), **(self.meta or {})}
@@ -122,7 +176,7 @@ class DocumentStatusOut(BaseModel):
 
 class ScoreDocumentIn(BaseModel):
     text: StrictStr
-    id: StrictStr | StrictInt | None = None
+    id: DocumentId = None
 
     @field_validator("text")
     @classmethod

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, StrictStr, field_validator
 
-from livelm.server.schemas.documents import check_text
+from livelm.server.schemas.documents import Unicode, check_text, check_unicode
 
 MAX_PROMPTS = 8
 MAX_STOPS = 4
@@ -25,11 +25,11 @@ def _listed(v: object) -> object:
 
 
 class _Sampling(BaseModel):
-    model: StrictStr
-    temperature: float = Field(1.0, ge=0.0, le=2.0, description="0: greedy")
+    model: Unicode
+    temperature: float = Field(1.0, ge=0.0, le=2.0, description="0 (or under 1e-5): greedy")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     n: int = Field(1, ge=1, le=1, description="livelm returns one choice per prompt")
-    stop: list[StrictStr] = Field(
+    stop: list[Unicode] = Field(
         default_factory=list, description="a string or up to 4; the text ends before one"
     )
     stream: bool = False
@@ -73,6 +73,17 @@ class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant"]
     content: StrictStr | list[TextPart]
 
+    @field_validator("content")
+    @classmethod
+    def _unicode(cls, v: str | list[TextPart]) -> str | list[TextPart]:
+        # Checked after the union is decided, so that an error names one reading of it.
+        for i, text in enumerate([v] if isinstance(v, str) else [p.text for p in v]):
+            try:
+                check_unicode(text)
+            except ValueError as e:
+                raise ValueError(str(e) if isinstance(v, str) else f"part {i}: {e}") from None
+        return v
+
     @property
     def text(self) -> str:
         if isinstance(self.content, str):
@@ -85,9 +96,9 @@ class ChatRequest(_Sampling):
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
 
-    @property
-    def new_tokens(self) -> int:
-        return self.max_completion_tokens or self.max_tokens or 256
+    def new_tokens(self, limit: int) -> int:
+        """Tokens asked for; without a number, 256 or the server's limit (--max-new-tokens)."""
+        return self.max_completion_tokens or self.max_tokens or min(256, limit)
 
 
 class Usage(BaseModel):

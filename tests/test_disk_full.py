@@ -1,0 +1,110 @@
+"""Ingest on a full disk: a real `livelm serve` with its data directory on a 2 MiB tmpfs.
+
+Filled up, `POST /v1/documents` answers 503 in the API's error shape with a Retry-After, stores
+nothing, and /readyz says why it is not ready; with room again, the same request is accepted
+and learned. Needs root (to mount); skipped, saying so, where mounting is not permitted.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.server_util import ServeProcess, wait_for
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs, unmounted after the test whatever happens."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (the CI runs these tests as root)")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def fill(path: Path) -> int:
+    """Write `path` until the disk refuses (unbuffered: every byte lands); the bytes written."""
+    written = 0
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        while True:
+            try:
+                written += os.write(fd, b"\0" * (1 << 16))  # a short write, then ENOSPC
+            except OSError as e:
+                assert e.errno == errno.ENOSPC, e
+                return written
+    finally:
+        os.close(fd)
+
+
+def documents(tag: str) -> dict[str, object]:
+    # ~120 KB: more than the queue's write-ahead log holds from before, so it must grow.
+    return {
+        "documents": [
+            {"id": f"{tag}-{k}", "text": f"The river {k} rose after the rain. " * 800}
+            for k in range(4)
+        ]
+    }
+
+
+def test_a_full_disk_answers_503_stores_nothing_and_recovers(
+    tiny_model_dir: Path, tmp_path: Path, small_disk: Path
+) -> None:
+    data = small_disk / "data"
+    args = ["--model", str(tiny_model_dir), "--data-dir", str(data), "--device", "cpu"]
+    args += ["--lr", "0.01", "--publish-every-steps", "1", "--keep-last", "2"]
+    server = ServeProcess(args, tmp_path / "server.log")
+    try:
+        server.wait_ready()
+        url = server.url
+        r = httpx.post(
+            f"{url}/v1/documents", json={"documents": [{"id": "warm", "text": "a"}]}, timeout=30
+        )
+        assert r.status_code == 202, r.text
+
+        def learned(doc_id: str) -> bool:
+            status = httpx.get(f"{url}/v1/documents/{doc_id}", timeout=30).json()
+            return bool(status["state"] == "learned")
+
+        wait_for(lambda: learned("warm"), timeout=120, every=0.1)
+
+        filler = small_disk / "filler"
+        assert fill(filler) > 0
+        r = httpx.post(f"{url}/v1/documents", json=documents("full"), timeout=30)
+        assert r.status_code == 503, r.text
+        error = r.json()["error"]
+        assert error["type"] == "server_error" and error["code"] == 503
+        assert "cannot store" in error["message"] and "free space" in error["message"]
+        assert int(r.headers["Retry-After"]) > 0
+        for k in range(4):  # nothing of the request was stored
+            assert httpx.get(f"{url}/v1/documents/full-{k}", timeout=30).status_code == 404
+        ready = httpx.get(f"{url}/readyz", timeout=30)
+        assert ready.status_code == 503
+        assert "disk is full" in ready.json()["detail"]
+
+        filler.unlink()
+        wait_for(lambda: httpx.get(f"{url}/readyz", timeout=30).status_code == 200, timeout=30)
+        r = httpx.post(f"{url}/v1/documents", json=documents("full"), timeout=30)
+        assert r.status_code == 202, r.text
+        assert r.json()["accepted"] == 4
+        wait_for(lambda: all(learned(f"full-{k}") for k in range(4)), timeout=120, every=0.1)
+    finally:
+        server.kill(signal.SIGTERM)
