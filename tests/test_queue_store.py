@@ -79,12 +79,15 @@ def test_a_truncated_queue_file_is_refused_with_the_fix(tmp_path: Path) -> None:
     queue = DocumentQueue(path)
     queue.put(docs(*(f"d{i}" for i in range(200))))
     queue.close()
+    size = path.stat().st_size
     with open(path, "r+b") as f:
-        f.truncate(path.stat().st_size // 2 + 100)  # cut mid-page: not a database any more
-        f.seek(0)
-        f.write(b"garbage" * 20)
-    with pytest.raises(QueueFileError, match="restore it from a backup, or move it away"):
-        DocumentQueue(path).take(after=0, limit=1)
+        f.truncate(size // 2)  # its header still says how long it was
+    with pytest.raises(QueueFileError, match=r"malformed.*restore it from a backup, or move it"):
+        DocumentQueue(path)
+    with open(path, "r+b") as f:
+        f.write(b"garbage" * 20)  # not even a header
+    with pytest.raises(QueueFileError, match="not a database"):
+        DocumentQueue(path)
 
 
 def test_an_older_copy_whose_documents_were_all_learned_is_rebased(tmp_path: Path) -> None:

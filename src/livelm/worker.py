@@ -31,7 +31,7 @@ from pathlib import Path
 from livelm.learner.distributed import GradientSync
 from livelm.loop import CanaryGuard, LearningLoop, LoopSettings, StreamFeed, canary_documents
 from livelm.model import DEFAULT_MODEL, load_model
-from livelm.policy import build_learner, core_learner, parse_strategy
+from livelm.policy import Strategy, build_learner, core_learner, parse_strategy
 from livelm.source.redis_stream import RedisSpec, RedisStreamSource
 from livelm.store import SnapshotStore, base_model_id
 
@@ -41,7 +41,7 @@ class WorkerSettings:
     source: str  # redis://host:port/db?stream=NAME&group=G
     store: Path
     model: str = DEFAULT_MODEL
-    strategy: str = "online"
+    strategy: Strategy | str = "online"  # a spec string is parsed once, at construction
     device: str = "auto"
     docs_per_step: int | None = None  # per rank; None: the strategy's max_docs_per_step
     publish_every_steps: int = 16
@@ -55,6 +55,8 @@ class WorkerSettings:
     max_steps: int | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.strategy, str):
+            object.__setattr__(self, "strategy", parse_strategy(self.strategy))
         for flag, value in {
             "--keep-last": self.keep_last,
             "--guard-max-rise": self.guard_max_rise,
@@ -79,9 +81,10 @@ class WorkerSettings:
 
 def build_worker(settings: WorkerSettings, sync: GradientSync | None = None) -> LearningLoop:
     """The learning loop of one rank: its learner, its consumer of the group, the store."""
-    strategy = parse_strategy(settings.strategy)
+    strategy = settings.strategy
+    assert isinstance(strategy, Strategy), "parsed in WorkerSettings.__post_init__"
     if not strategy.learner.learns:
-        raise ValueError(f"--strategy {settings.strategy}: it does not learn")
+        raise ValueError(f"--strategy {strategy.name}: it does not learn")
     if sync is not None and strategy.policy.on_drift:
         raise ValueError(
             "drift actions change one rank's learner on that rank's losses, which would "

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from livelm.learner.distributed import init_from_env
 from livelm.model import DEFAULT_MODEL
-from livelm.policy import known_strategies
+from livelm.policy import known_strategies, parse_strategy
 from livelm.source.files import read_stream
 from livelm.source.redis_stream import RedisSpec, RedisStreamSource
 from livelm.worker import WorkerSettings, build_worker
@@ -31,9 +31,7 @@ def add_learn_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--source", required=True, help=SOURCE_HELP)
     p.add_argument("--store", type=Path, required=True, help="the snapshot directory")
     p.add_argument("--model", default=DEFAULT_MODEL)
-    p.add_argument(
-        "--strategy", default=d.strategy, help=f"presets: {', '.join(known_strategies())}"
-    )
+    p.add_argument("--strategy", default="online", help=f"presets: {', '.join(known_strategies())}")
     p.add_argument("--device", default=d.device)
     p.add_argument("--docs-per-step", type=int, default=None, help="per rank")
     p.add_argument("--publish-every-steps", type=int, default=d.publish_every_steps)
@@ -63,7 +61,7 @@ def run_learn(args: argparse.Namespace) -> None:
         source=args.source,
         store=args.store,
         model=args.model,
-        strategy=args.strategy,
+        strategy=parse_strategy(args.strategy),  # parsed once, here
         device=args.device,
         docs_per_step=args.docs_per_step,
         publish_every_steps=args.publish_every_steps,

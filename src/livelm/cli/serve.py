@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import socket
@@ -153,7 +154,7 @@ def add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     p.add_argument(
         "--strategy",
-        default=d.strategy,
+        default="online",
         help="a preset or a name+key=value spec, as replay's; presets: "
         + ", ".join(known_strategies()),
     )
@@ -268,16 +269,17 @@ def run_serve(args: argparse.Namespace) -> None:
     if args.demo:
         feed, _ = write_sotu_stream(cache_root() / "sotu.jsonl", cache_root() / "npm")
         every = every or DEMO_EVERY
-    learner = parse_strategy(args.strategy).learner
-    if args.lr is not None:
-        learner = learner.replace(lr=args.lr)
-    learner = learner.replace(boundary=args.boundary)
+    # Parsed once, here: the flags are the strategy's options, as replay's are (a spec's own
+    # options win, and the name says what runs).
+    strategy = parse_strategy(args.strategy, {} if args.lr is None else {"lr": repr(args.lr)})
+    strategy = dataclasses.replace(
+        strategy, learner=strategy.learner.replace(boundary=args.boundary)
+    )
     settings = ServerSettings(
         model=args.model,
         data_dir=args.data_dir,
         lock_wait_s=args.lock_wait,
-        strategy=args.strategy,
-        learner=learner,
+        strategy=strategy,
         device=args.device,
         follow=args.follow,
         source=args.source,

@@ -53,7 +53,9 @@ class ServerSettings:
     model: str = DEFAULT_MODEL
     data_dir: Path = Path("runs/serve")  # queue.sqlite3 and snapshots/ live here
     lock_wait_s: float = 0.0  # how long to wait for another server to leave data_dir
-    strategy: str = "online"  # a preset or spec, as replay's: online-guarded, online+replay=0.25
+    # What the learner runs, parsed once (the CLI parses `--strategy`; a spec string given here,
+    # as replay's `online-guarded` or `online+replay=0.25`, is parsed at construction).
+    strategy: Strategy | str = "online"
     learner: LearnerConfig | None = None  # overrides the strategy's learner config when given
     device: str = "auto"
     # A replica: serve the versions learner workers publish into this store; learn nothing.
@@ -97,9 +99,12 @@ class ServerSettings:
     yield_max_s: float = 5.0
 
     def __post_init__(self) -> None:
+        if isinstance(self.strategy, str):
+            object.__setattr__(self, "strategy", parse_strategy(self.strategy))
         if not self.learner_config.learns:
             raise ValueError(
-                f"--strategy {self.strategy}: it does not learn, and serve needs a learner"
+                f"--strategy {self.parsed_strategy.name}: it does not learn, and serve needs a "
+                "learner"
             )
         positive = {
             "--publish-every-steps": self.publish_every_steps,
@@ -132,7 +137,8 @@ class ServerSettings:
 
     @property
     def parsed_strategy(self) -> Strategy:
-        return parse_strategy(self.strategy)
+        assert isinstance(self.strategy, Strategy), "parsed in __post_init__"
+        return self.strategy
 
     @property
     def learner_config(self) -> LearnerConfig:

@@ -24,7 +24,8 @@ What it decides, and why:
   store's position; deleting the queue file drops them. Refusing costs a restart; guessing
   would either lose accepted documents or learn them twice without anyone knowing.
 
-The shared learning loop calls it at bootstrap, before it reads its position from the store.
+Call it once before the learning loop's bootstrap, which reads its position from the store
+(the server's runtime does, for its queue; a Redis stream needs no such check).
 
 >>> import tempfile, pathlib
 >>> from livelm.store import SnapshotStore
