@@ -15,6 +15,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import gguf
 import numpy as np
@@ -163,6 +164,23 @@ def gguf_tensors(model: LlamaForCausalLM) -> dict[str, np.ndarray]:
     return tensors
 
 
+def _gguf_writer(path: Path, arch: str, name: str, config: Any) -> gguf.GGUFWriter:
+    """A GGUF writer with the header a Llama-shaped decoder (Llama, Qwen2) needs."""
+    writer = gguf.GGUFWriter(path, arch)
+    writer.add_name(name)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_rope_freq_base(float(config.rope_parameters["rope_theta"]))
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_vocab_size(config.vocab_size)
+    return writer
+
+
 def write_llama_gguf(
     model: LlamaForCausalLM, tokenizer: Tokenizer, path: Path, *, name: str = "tiny-llama"
 ) -> Path:
@@ -182,18 +200,7 @@ def write_llama_gguf(
     eos_id = vocab[EOS_TOKEN]
     head_dim = config.hidden_size // config.num_attention_heads
 
-    writer = gguf.GGUFWriter(path, "llama")  # writes general.architecture itself
-    writer.add_name(name)
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
-    writer.add_block_count(config.num_hidden_layers)
-    writer.add_context_length(config.max_position_embeddings)
-    writer.add_embedding_length(config.hidden_size)
-    writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_head_count(config.num_attention_heads)
-    writer.add_head_count_kv(config.num_key_value_heads)
-    writer.add_rope_freq_base(float(config.rope_parameters["rope_theta"]))
-    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-    writer.add_vocab_size(config.vocab_size)
+    writer = _gguf_writer(path, "llama", name, config)  # writes general.architecture itself
     writer.add_rope_dimension_count(head_dim)
 
     writer.add_tokenizer_model("gpt2")
@@ -471,18 +478,7 @@ def write_qwen2_gguf(model: PreTrainedModel, tokenizer: Tokenizer, path: Path) -
     if config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
 
-    writer = gguf.GGUFWriter(path, "qwen2")
-    writer.add_name("tiny-qwen2")
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
-    writer.add_block_count(config.num_hidden_layers)
-    writer.add_context_length(config.max_position_embeddings)
-    writer.add_embedding_length(config.hidden_size)
-    writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_head_count(config.num_attention_heads)
-    writer.add_head_count_kv(config.num_key_value_heads)
-    writer.add_rope_freq_base(float(config.rope_parameters["rope_theta"]))
-    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-    writer.add_vocab_size(config.vocab_size)
+    writer = _gguf_writer(path, "qwen2", "tiny-qwen2", config)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("qwen2")
     writer.add_token_list(tokens)

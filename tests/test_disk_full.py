@@ -7,52 +7,22 @@ and learned. Needs root (to mount); skipped, saying so, where mounting is not pe
 
 from __future__ import annotations
 
-import errno
-import os
 import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.fs_util import fill, tmpfs
 from tests.server_util import ServeProcess, wait_for
 
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 2 MiB tmpfs, unmounted after the test whatever happens."""
-    mount_point = tmp_path / "small"
-    mount_point.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root (the CI runs these tests as root)")
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "small", "2m") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
-
-
-def fill(path: Path) -> int:
-    """Write `path` until the disk refuses (unbuffered: every byte lands); the bytes written."""
-    written = 0
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    try:
-        while True:
-            try:
-                written += os.write(fd, b"\0" * (1 << 16))  # a short write, then ENOSPC
-            except OSError as e:
-                assert e.errno == errno.ENOSPC, e
-                return written
-    finally:
-        os.close(fd)
 
 
 def documents(tag: str) -> dict[str, object]:
@@ -86,8 +56,8 @@ def test_a_full_disk_answers_503_stores_nothing_and_recovers(
 
         wait_for(lambda: learned("warm"), timeout=120, every=0.1)
 
-        filler = small_disk / "filler"
-        assert fill(filler) > 0
+        filler = fill(small_disk)
+        assert filler.stat().st_size > 0
         r = httpx.post(f"{url}/v1/documents", json=documents("full"), timeout=30)
         assert r.status_code == 503, r.text
         error = r.json()["error"]

@@ -4,6 +4,7 @@ one)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from livelm.learner.distributed import init_from_env
 from livelm.model import DEFAULT_MODEL
-from livelm.policy import known_strategies, parse_strategy
+from livelm.policy import Strategy, known_strategies, parse_strategy
 from livelm.source.files import read_stream
 from livelm.source.redis_stream import RedisSpec, RedisStreamSource
 from livelm.worker import WorkerSettings, build_worker
@@ -40,6 +41,11 @@ def add_learn_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--guard-max-rise", type=float, default=d.guard_max_rise)
     p.add_argument("--guard-max-total-rise", type=float, default=d.guard_max_total_rise)
     p.add_argument("--canary", type=Path, default=None)
+    p.add_argument(
+        "--boundary",
+        default="auto",
+        help="the token every document starts with: auto, bos, eos or a token (as serve's)",
+    )
     p.add_argument("--block-ms", type=int, default=d.block_ms)
     p.add_argument(
         "--exit-when-idle",
@@ -56,12 +62,18 @@ def add_learn_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--batch", type=int, default=500, help="documents per round trip")
 
 
+def _strategy(spec: str, boundary: str) -> Strategy:
+    """`--strategy` and `--boundary`, parsed once, here."""
+    strategy = parse_strategy(spec)
+    return dataclasses.replace(strategy, learner=strategy.learner.replace(boundary=boundary))
+
+
 def run_learn(args: argparse.Namespace) -> None:
     settings = WorkerSettings(
         source=args.source,
         store=args.store,
         model=args.model,
-        strategy=parse_strategy(args.strategy),  # parsed once, here
+        strategy=_strategy(args.strategy, args.boundary),
         device=args.device,
         docs_per_step=args.docs_per_step,
         publish_every_steps=args.publish_every_steps,

@@ -219,6 +219,7 @@ class LearningLoop:
         acknowledging the newest version's documents; then every rank loads the live one."""
         with self._lock:
             if self.rank == 0:
+                self.feed.attach(self.store)
                 if self.store.live() is None:
                     loss = self.guard.loss(self.learner)
                     manifest = self._write([], {"base_canary_loss": loss}, None, loss)

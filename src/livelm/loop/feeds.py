@@ -15,6 +15,7 @@ were replaced by a version's (a rollback), what was learned since that version's
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,8 +23,11 @@ from typing import Any, Protocol
 
 from livelm.document import Document
 from livelm.source.queue import DocumentQueue
+from livelm.source.reconcile import reconcile
 from livelm.source.redis_stream import RedisStreamSource
-from livelm.store import Manifest
+from livelm.store import Manifest, SnapshotStore
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,11 @@ class Learned:
 
 
 class Feed(Protocol):
+    def attach(self, store: SnapshotStore) -> None:
+        """Before the loop resumes from `store` (rank 0): make sure what the feed holds can be
+        learned after the store's newest version, or refuse with a message naming the fix."""
+        ...
+
     def notify(self) -> None:
         """New documents may be there (or the loop is stopping): end a `wait`."""
         ...
@@ -85,12 +94,24 @@ class Feed(Protocol):
 
 
 class QueueFeed:
-    """The server's SQLite queue: documents past `position` are still to be taken."""
+    """The server's SQLite queue: documents past `position` are still to be taken.
 
-    def __init__(self, queue: DocumentQueue) -> None:
+    `rebase`: a queue that disagrees with the store (see `livelm.source.reconcile`) is re-based
+    rather than refused (`--rebase-queue`).
+    """
+
+    def __init__(self, queue: DocumentQueue, *, rebase: bool = False) -> None:
         self.queue = queue
+        self.rebase = rebase
         self.position = 0  # every document at or before it was taken (learned or rejected)
         self._wake = threading.Event()
+
+    def attach(self, store: SnapshotStore) -> None:
+        # A lost or older queue would number new documents below the store's position, where
+        # the learner never looks.
+        warning = reconcile(self.queue, store, rebase=self.rebase)
+        if warning is not None:
+            log.warning("%s", warning)
 
     def notify(self) -> None:
         self._wake.set()
@@ -145,6 +166,9 @@ class StreamFeed:
 
     def __init__(self, source: RedisStreamSource) -> None:
         self.source = source
+
+    def attach(self, store: SnapshotStore) -> None:
+        pass  # a consumer group keeps its own place: pending entries are read back
 
     def notify(self) -> None:
         pass  # `take` blocks at most `block_ms` on the stream

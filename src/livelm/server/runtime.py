@@ -29,7 +29,6 @@ from livelm.server.metrics import Metrics
 from livelm.server.settings import ServerSettings
 from livelm.server.versions import ServingVersion, serving_copy
 from livelm.source.queue import Accepted, DocumentQueue, DocumentStatus, State
-from livelm.source.reconcile import reconcile
 from livelm.source.redis_stream import RedisSpec, RedisStreamSource
 from livelm.store import Manifest, SnapshotStore, base_model_id
 
@@ -110,7 +109,7 @@ class Runtime:
             learner = build_learner(loaded.model, loaded.tokenizer, config, settings.policy, canary)
             self.learner = LearningLoop(
                 learner=learner,
-                feed=QueueFeed(self.queue),
+                feed=QueueFeed(self.queue, rebase=settings.rebase_queue),
                 store=self.store,
                 guard=CanaryGuard(canary, settings.guard_max_rise, settings.guard_max_total_rise),
                 base_model=base_model_id(settings.model),
@@ -124,12 +123,6 @@ class Runtime:
                 metrics=self.metrics,
                 on_live=self._serve_learner_version,
             )
-        if self.queue is not None:
-            # Before the learner resumes after the store's position: a lost or older queue
-            # would number new documents below it, and they would never be learned.
-            warning = reconcile(self.queue, self.store, rebase=settings.rebase_queue)
-            if warning is not None:
-                log.warning("%s", warning)
         self.learner.bootstrap()
         self.feeder = (
             Feeder(settings.feed, self, every=settings.feed_every, backlog=settings.feed_backlog)
