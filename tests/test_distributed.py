@@ -12,7 +12,7 @@ import torch
 from livelm.document import Document
 from livelm.learner import Learner
 from livelm.model import load_model
-from tests.ddp_steps import CONFIG, STEPS, TORCHRUN, trainable
+from tests.ddp_steps import CONFIG, STEPS, TORCHRUN, poison, trainable
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,9 +40,13 @@ def test_two_ranks_take_the_same_update_as_one_process_on_the_global_batch(
     for name, w in rank0["weights"].items():
         assert torch.equal(w, rank1["weights"][name]), name  # identical on every rank
     assert rank0["losses"] == rank1["losses"]
+    # the poisoned document (rank 1, step 2) was set aside there, and only there
+    assert rank1["rejected"][1] == ((1, "non-finite loss"),)
+    assert not any(rank0["rejected"]) and not any(rank1["rejected"][i] for i in (0, 2, 3))
 
     loaded = load_model(str(tiny_model_dir), device="cpu")
     single = Learner(loaded.model, loaded.tokenizer, CONFIG)
+    poison(single)
     before = trainable(single)
     losses = []
     for ours, theirs in STEPS:

@@ -1,7 +1,10 @@
-"""The detector contract, run against every detector in the registry."""
+"""The detector contract, run against every detector in the registry; drifts in a learner's
+stream, synthetic and through `PolicyLearner` with the tiny model."""
 
 from __future__ import annotations
 
+import copy
+import math
 import pickle
 import random
 from typing import Any
@@ -9,11 +12,16 @@ from typing import Any
 import pytest
 from scipy.stats import poisson
 
-from livelm.policy.drift import DETECTORS, DetectorConfig, RiverDetector, spread
+from livelm.document import Document
+from livelm.learner import Learner, get_strategy
+from livelm.model import LoadedModel
+from livelm.policy import PolicyConfig, PolicyLearner
+from livelm.policy.drift import DETECTORS, Detector, DetectorConfig, RiverDetector, spread
 
 NAMES = sorted(DETECTORS)
 CHANGE_AT = 1000
 MAX_DELAY = 100  # documents after the change by which every detector must have fired
+SWITCH_AT = 250  # where the learner's stream switches source
 
 
 def losses(seed: int, n: int, shift: float = 0.0, at: int = CHANGE_AT) -> list[float]:
@@ -22,8 +30,29 @@ def losses(seed: int, n: int, shift: float = 0.0, at: int = CHANGE_AT) -> list[f
     return [rng.gauss(3.5 + (shift if i >= at else 0.0), 1.0) for i in range(n)]
 
 
-def alarms(detector: RiverDetector[Any], xs: list[float]) -> list[int]:
+def learning_curve(seed: int, n: int = SWITCH_AT + 100, jump: float = 1.25) -> list[float]:
+    """A learner's per-document losses: 5.0 falling to 3.5 nats (time constant 100 documents)
+    with noise of 0.65 nats, a real model's spread; at `SWITCH_AT` the source changes, the loss
+    jumps by `jump` nats and falls again as the learner learns the new source."""
+    rng = random.Random(seed)
+    return [
+        3.5
+        + 1.5 * math.exp(-i / 100)
+        + (jump * math.exp(-(i - SWITCH_AT) / 100) if i >= SWITCH_AT else 0.0)
+        + rng.gauss(0.0, 0.65)
+        for i in range(n)
+    ]
+
+
+def alarms(detector: Detector, xs: list[float]) -> list[int]:
     return [i for i, x in enumerate(xs) if detector.update(x).drift_detected]
+
+
+def caught(fired: list[int]) -> bool:
+    """Fired within 40 documents of the switch, and not in the 150 documents before it."""
+    after = [i for i in fired if i >= SWITCH_AT]
+    before = [i for i in fired if SWITCH_AT - 150 <= i < SWITCH_AT]
+    return not before and bool(after) and after[0] - SWITCH_AT <= 40
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -118,3 +147,98 @@ def test_specs_parse_and_errors_name_the_flag() -> None:
         DetectorConfig.parse("adwin:fast")
     with pytest.raises(ValueError, match="must be positive"):
         DetectorConfig.parse("page-hinkley:-5")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_switch_of_source_is_caught_and_the_learning_curve_is_not(name: str) -> None:
+    for seed in range(20):
+        detector = DetectorConfig.parse(name).build()  # as `PolicyLearner` builds it
+        fired = alarms(detector, learning_curve(seed))
+        assert caught(fired), (seed, fired)
+
+
+def test_on_the_raw_loss_the_learning_curve_looks_like_drift() -> None:
+    # What the residual is for: the same streams, the loss itself watched (`trend=0`).
+    for name, at_least in (("adwin", 3), ("page-hinkley", 10)):
+        missed = [
+            seed
+            for seed in range(20)
+            if not caught(alarms(DetectorConfig.parse(f"{name}:trend=0").build(), learning_curve(seed)))
+        ]
+        assert len(missed) >= at_least, (name, missed)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_static_learners_flat_loss_still_shows_the_switch(name: str) -> None:
+    rng = random.Random(8)
+    flat = [3.5 + (1.25 if i >= SWITCH_AT else 0.0) + rng.gauss(0.0, 0.65) for i in range(400)]
+    assert caught(alarms(DetectorConfig.parse(name).build(), flat))
+
+
+def test_an_alarm_is_raised_on_the_document_that_tripped_it() -> None:
+    # A change among the warm-up documents: the detector once fed them to river in one batch
+    # at the end of the warm-up and raised the alarm there, on document 49, with river's state
+    # already past the document that tripped it. Now none of them is tested, and river's state
+    # at an alarm holds exactly the documents from the end of the warm-up to the alarm's.
+    rng = random.Random(9)
+    xs = [(3.0 if i < 10 else 8.0) + rng.gauss(0.0, 0.1) for i in range(400)]
+    detector = DetectorConfig.parse("adwin").build()
+    for i, x in enumerate(xs):
+        detector.update(x)
+        if i < detector.warmup:
+            assert not detector.drift_detected and detector.state()["seen"] == 0
+        elif detector.drift_detected:
+            state = detector.state()
+            assert state["seen"] == i + 1 - detector.warmup
+            assert state["residual"] == pytest.approx(x - state["trend"])
+            break
+    else:
+        pytest.fail("the change was never reported")
+
+
+def test_after_a_drift_the_trend_starts_over() -> None:
+    detector = DetectorConfig.parse("adwin").build()
+    xs = learning_curve(10, n=SWITCH_AT + 400)
+    fired = alarms(detector, xs)
+    # The switch's trace in the residual does not fade into a second alarm: the trend
+    # follows the new source from the alarm on.
+    assert len([i for i in fired if i >= SWITCH_AT]) == 1, fired
+
+
+TOPICS = "the a storm market team city council bank vote rises falls after wins night day".split()
+
+
+def two_sources(n: int) -> list[Document]:
+    """Word salad from a small vocabulary until `SWITCH_AT`, then runs of numbers."""
+    rng = random.Random(0)
+    docs = []
+    for i in range(n):
+        if i < SWITCH_AT:
+            text = " ".join(rng.choice(TOPICS) for _ in range(rng.randint(8, 16))) + "."
+        else:
+            text = " ".join(str(rng.randint(0, 99999)) for _ in range(rng.randint(4, 8)))
+        docs.append(Document(text, id=f"d{i}"))
+    return docs
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("name", NAMES)
+def test_a_learner_reports_the_switch_on_the_document_that_showed_it(
+    tiny: LoadedModel, name: str
+) -> None:
+    config = get_strategy("online").replace(precision="fp32", warmup_steps=4, max_docs_per_step=1)
+    learner = Learner(copy.deepcopy(tiny.model), tiny.tokenizer, config)
+    stepper = PolicyLearner(learner, PolicyConfig(detector=DetectorConfig.parse(name)))
+    docs = two_sources(SWITCH_AT + 60)
+    losses = [s.loss for d in docs for s in stepper.step([stepper.encode(d)]).scores]
+    assert sum(losses[:25]) / 25 > sum(losses[SWITCH_AT - 25 : SWITCH_AT]) / 25 + 1  # it learns
+    fired = [e.index for e in stepper.drift_events]
+    assert caught(fired), fired
+    # Each event names the document whose loss tripped the detector, with the detector's state
+    # right after that loss: a fresh detector fed the same losses agrees on both.
+    replayed = DetectorConfig.parse(name).build()
+    states = {i: replayed.state() for i, x in enumerate(losses) if replayed.update(x).drift_detected}
+    assert fired == list(states)
+    for event in stepper.drift_events:
+        assert event.doc_id == f"d{event.index}" and event.loss == losses[event.index]
+        assert event.state == pytest.approx(states[event.index], nan_ok=True)
