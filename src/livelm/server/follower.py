@@ -56,7 +56,6 @@ class Follower:
         self.autocast: torch.dtype | None = None
         self.live: Manifest | None = None
         self.monitor = SurpriseMonitor()  # a replica sees no stream: surprises stay None
-        self.position = 0
         self.error: BaseException | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
