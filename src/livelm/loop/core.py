@@ -402,7 +402,7 @@ class LearningLoop:
             # every document in it (or for the weights), so none of them is learned.
             culprits = {i: culprits.get(i, str(report.skipped)) for i in range(len(taken))}
         for i, reason in culprits.items():
-            log.warning("document %s rejected: not learned: %s", taken[i].doc.id, reason)
+            log.warning("document %s rejected: %s", printable(taken[i].doc.id), reason)
             why = f"not learned: {reason}"
             self._retry("reject a document", partial(self.feed.reject, [taken[i].key], why))
         self.rejected += len(culprits)
@@ -550,23 +550,31 @@ class LearningLoop:
         from the version rolled back to. Documents learned into the versions rolled back over
         stay learned (in those versions).
         """
-        with self._lock:
-            manifest = self.store.manifest(version)
-            kept = {n: p.detach().clone() for n, p in self._trainable()}
-            try:
-                load_weights(self.learner.model, self.store.path(version))
-                self.store.set_live(version)
-            except BaseException:
-                with torch.no_grad():
-                    for name, p in self._trainable():
-                        p.copy_(kept[name])
-                raise
-            self._start_afresh()
-            if self.metrics is not None:
-                self.metrics.rollbacks.inc()
-            self._go_live(manifest)
-            log.warning("rolled back: version %d is live", version)
-            return manifest
+        # A publish that waits for a full disk holds the lock: say so rather than hang.
+        if not self._lock.acquire(timeout=self.settings.retry_max_s):
+            raise TimeoutError(f"the learner is busy: {self.trouble or 'a step or a publish'}")
+        try:
+            return self._rollback(version)
+        finally:
+            self._lock.release()
+
+    def _rollback(self, version: int) -> Manifest:
+        manifest = self.store.manifest(version)
+        kept = {n: p.detach().clone() for n, p in self._trainable()}
+        try:
+            load_weights(self.learner.model, self.store.path(version))
+            self.store.set_live(version)
+        except BaseException:
+            with torch.no_grad():
+                for name, p in self._trainable():
+                    p.copy_(kept[name])
+            raise
+        self._start_afresh()
+        if self.metrics is not None:
+            self.metrics.rollbacks.inc()
+        self._go_live(manifest)
+        log.warning("rolled back: version %d is live", version)
+        return manifest
 
     def _trainable(self) -> list[tuple[str, torch.nn.Parameter]]:
         return [(n, p) for n, p in self.learner.model.named_parameters() if p.requires_grad]

@@ -29,7 +29,8 @@ class PolicyConfig:
       They come from a reservoir of `replay_size` documents and `replay_bytes` bytes, uniform
       over the whole stream, or with `window` from the most recent documents only.
     - `half_life`: replayed documents weigh `0.5 ** (age / half_life)`.
-    - `detector` watches the per-document loss; on a drift the policy runs `on_drift`:
+    - `detector` watches the per-document loss against its trend (a learner's own learning
+      curve is not a drift); on a drift the policy runs `on_drift`:
       `rewarm` (restart the learning-rate warm-up), `reset` (forget the optimizer's moments),
       `boost` (replay at least `boost` documents per new one for `boost_steps` steps), and posts
       the event to `webhook` if one is set.
