@@ -34,23 +34,23 @@ from __future__ import annotations
 
 import logging
 import math
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
-from livelm.document import Document
-from livelm.learner import DocScore, EncodedDocument, LearnerConfig, StepReport
+from livelm.learner import EncodedDocument
 from livelm.learner.distributed import GradientSync
 from livelm.learner.prequential import step_size
 from livelm.logsafe import printable
 from livelm.loop.feeds import Feed, Learned, Taken
 from livelm.loop.guard import CanaryGuard
+from livelm.loop.healing import Healer, Stopped
+from livelm.loop.state import LoopSettings, Pending, StepLearner
 from livelm.policy.monitor import SurpriseMonitor
 from livelm.store import (
     Manifest,
@@ -69,74 +69,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# What a write may fail with and succeed later: a full or read-only disk, an I/O error.
-TRANSIENT: tuple[type[BaseException], ...] = (OSError, sqlite3.OperationalError)
-
-
-class StepLearner(Protocol):
-    """What the loop needs of a learner: the core `Learner`, or one wrapped in policies.
-
-    `reset_optimizer` and `rewarm` are called when the learner's weights are replaced by a
-    version's (a rollback, a refused candidate): moments gathered on weights that are gone must
-    not steer the next steps.
-    """
-
-    @property
-    def model(self) -> torch.nn.Module: ...
-
-    @property
-    def config(self) -> LearnerConfig: ...
-
-    def encode(self, doc: Document) -> EncodedDocument: ...
-
-    def step(self, docs: Sequence[EncodedDocument]) -> StepReport: ...
-
-    def score(self, docs: Sequence[EncodedDocument]) -> tuple[DocScore, ...]: ...
-
-    def reset_optimizer(self) -> None: ...
-
-    def rewarm(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class LoopSettings:
-    publish_every_steps: int = 16
-    publish_every_s: float = 10.0
-    docs_per_step: int | None = None  # None: the strategy's max_docs_per_step
-    block_ms: int = 500  # how long a round waits for documents when nothing is pending
-    exit_when_idle_s: float | None = None  # stop once nothing was read for this long
-    max_steps: int | None = None
-    retry_first_s: float = 0.5  # back-off of a failed write: doubles up to retry_max_s
-    retry_max_s: float = 30.0
-
-    def __post_init__(self) -> None:
-        for flag, value in {
-            "--publish-every-steps": self.publish_every_steps,
-            "--publish-every-s": self.publish_every_s,
-            "--block-ms": self.block_ms,
-        }.items():
-            if not (value > 0 and math.isfinite(value)):
-                raise ValueError(f"{flag} must be a positive number, not {value}")
-        if self.docs_per_step is not None and self.docs_per_step < 1:
-            raise ValueError(f"--docs-per-step must be at least 1, not {self.docs_per_step}")
-
-
-@dataclass
-class Pending:
-    """What was learned since the last publish, not yet in any durable version."""
-
-    learned: list[Learned] = field(default_factory=list)
-    steps: int = 0  # steps in which any rank learned
-    since: float = 0.0  # monotonic time of the first of them
-
-    @staticmethod
-    def stream_loss(learned: Sequence[Learned]) -> float | None:
-        """The token-weighted prequential loss of learned documents (nats/token): the one
-        definition of a version's stream loss."""
-        scored = [x for x in learned if x.tokens and math.isfinite(x.loss)]
-        tokens = sum(x.tokens for x in scored)
-        return sum(x.loss * x.tokens for x in scored) / tokens if tokens else None
-
 
 @dataclass(frozen=True)
 class _Plan:
@@ -145,10 +77,6 @@ class _Plan:
     publish: bool = False
     stop: bool = False
     follow: int | None = None  # a version made live by a rollback elsewhere
-
-
-class _Stopped(Exception):
-    """Asked to stop while waiting to retry a write."""
 
 
 class LearningLoop:
@@ -194,7 +122,8 @@ class LearningLoop:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
-        self.trouble: str | None = None  # why the loop is waiting to retry, if it is
+        self.healer = Healer(self._stop, settings.retry_first_s, settings.retry_max_s)
+        self._retry = self.healer.retry
         self.steps = 0
         self.skipped_steps = 0  # steps whose update was skipped (the learner's reason)
         self.rejected = 0  # documents set aside for good
@@ -273,6 +202,11 @@ class LearningLoop:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    @property
+    def trouble(self) -> str | None:
+        """Why the loop is waiting to retry a write, if it is."""
+        return self.healer.trouble
+
     def backlog(self) -> int:
         return self.feed.backlog()
 
@@ -292,7 +226,7 @@ class LearningLoop:
         """Learn until told to stop (`stop()`, `exit_when_idle_s`, `max_steps`)."""
         try:
             self._run()
-        except _Stopped:
+        except Stopped:
             log.warning("stopped while a write was failing: what it held stays unacknowledged")
         except BaseException as e:  # the server reports it in /readyz and keeps serving
             log.exception("the learner stopped")
@@ -552,7 +486,8 @@ class LearningLoop:
         """
         # A publish that waits for a full disk holds the lock: say so rather than hang.
         if not self._lock.acquire(timeout=self.settings.retry_max_s):
-            raise TimeoutError(f"the learner is busy: {self.trouble or 'a step or a publish'}")
+            busy = self.trouble or "a step or a publish"
+            raise TimeoutError(f"the learner is busy: {busy}")
         try:
             return self._rollback(version)
         finally:
@@ -590,22 +525,3 @@ class LearningLoop:
         self.feed.rewind(None if newest is None else self.store.manifest(newest))
 
     # -- healing ----------------------------------------------------------------------------
-
-    def _retry(self, what: str, action: Callable[[], T]) -> T:
-        """Run `action`, retrying a transient failure with back-off until it succeeds or the
-        loop is asked to stop; `trouble` says why while it waits."""
-        delay = self.settings.retry_first_s
-        while True:
-            try:
-                result = action()
-            except TRANSIENT as e:
-                self.trouble = f"cannot {what}: {e}; retrying every {delay:g} s"
-                log.warning("%s", self.trouble)
-                if self._stop.wait(delay):
-                    raise _Stopped from e
-                delay = min(delay * 2, self.settings.retry_max_s)
-                continue
-            if self.trouble is not None:
-                log.info("%s: succeeded after all", what)
-                self.trouble = None
-            return result
