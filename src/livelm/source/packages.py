@@ -51,10 +51,14 @@ def extract_tar(tar: tarfile.TarFile, dest: Path, prefix: str = "") -> None:
             shutil.copyfileobj(source, out)
 
 
+def npm_dir_name(spec: str) -> str:
+    """Where `fetch_npm` keeps a package in its cache: "@stdlib/x@0.2.3" -> "stdlib-x@0.2.3"."""
+    return spec.lstrip("@").replace("/", "-")
+
+
 def fetch_npm(spec: str, cache_dir: Path) -> Path:
     """`npm pack SPEC` into `cache_dir` once; return the unpacked `package/` directory."""
-    name = spec.lstrip("@").replace("/", "-")  # "@stdlib/x@0.2.3" -> "stdlib-x@0.2.3"
-    package_dir = cache_dir / name
+    package_dir = cache_dir / npm_dir_name(spec)
     if package_dir.is_dir():
         return package_dir
     cache_dir.mkdir(parents=True, exist_ok=True)

