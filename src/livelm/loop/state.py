@@ -10,13 +10,14 @@ from typing import Protocol
 
 import torch
 
-from livelm.document import Document
-from livelm.learner import DocScore, EncodedDocument, LearnerConfig, StepReport
+from livelm.learner import DocScore, EncodedDocument
+from livelm.learner.prequential import Stepper
 from livelm.loop.feeds import Learned
 
 
-class StepLearner(Protocol):
-    """What the loop needs of a learner: the core `Learner`, or one wrapped in policies.
+class StepLearner(Stepper, Protocol):
+    """What the loop needs of a learner beyond a replay's `Stepper` (config, encode, step): the
+    core `Learner`, or one wrapped in policies.
 
     `reset_optimizer` and `rewarm` are called when the learner's weights are replaced by a
     version's (a rollback, a refused candidate): moments gathered on weights that are gone must
@@ -25,13 +26,6 @@ class StepLearner(Protocol):
 
     @property
     def model(self) -> torch.nn.Module: ...
-
-    @property
-    def config(self) -> LearnerConfig: ...
-
-    def encode(self, doc: Document) -> EncodedDocument: ...
-
-    def step(self, docs: Sequence[EncodedDocument]) -> StepReport: ...
 
     def score(self, docs: Sequence[EncodedDocument]) -> tuple[DocScore, ...]: ...
 
