@@ -113,16 +113,17 @@ def table(name: str, docs: int, where: str, metrics: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|\n"
     )
     body = []
+
+    def ratio(value: float, base: dict[str, Any] | None, key: str) -> str:
+        return f"{value / base[key]:.3f}x" if base else "-"
+
     for strategy, r in rows.items():
         before, after = r.get("reference_loss_before"), r.get("reference_loss_after")
         change = f"{100 * (after / before - 1):+.2f}%" if before and after else "-"
         body.append(
-            f"| {strategy} | {r['perplexity']:.2f} | "
-            f"{r['perplexity'] / static['perplexity'] if static else float('nan'):.3f}x | "
-            f"{r['perplexity'] / seed['perplexity'] if seed else float('nan'):.3f}x | "
-            f"{r['tokens_per_second']:.0f} | "
-            f"{r['tokens_per_second'] / seed['tokens_per_second'] if seed else float('nan'):.2f}x"
-            f" | {change} |"
+            f"| {strategy} | {r['perplexity']:.2f} | {ratio(r['perplexity'], static, 'perplexity')}"
+            f" | {ratio(r['perplexity'], seed, 'perplexity')} | {r['tokens_per_second']:.0f} | "
+            f"{ratio(r['tokens_per_second'], seed, 'tokens_per_second')} | {change} |"
         )
     return head + "\n".join(body) + "\n"
 
@@ -134,6 +135,9 @@ def main() -> None:
     parser.add_argument("--slice", choices=("tune", "bench"), default="tune")
     parser.add_argument("--strategy", default="online", help="the learning strategies to sweep")
     parser.add_argument("--reuse", action="store_true", help="static and seed from a past run")
+    parser.add_argument(
+        "--baselines", default="static,seed", help="run beside the swept strategies (or none)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "sweep")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -148,7 +152,8 @@ def main() -> None:
         if args.reuse and base_file.exists():
             baselines = json.loads(base_file.read_text())
         else:
-            strategies = [*BASELINES, *strategies]
+            wanted = [b for b in args.baselines.split(",") if b in BASELINES]
+            strategies = [*wanted, *strategies]
         started = time.strftime("%Y-%m-%d %H:%M")
         metrics = run(stream, strategies, args.docs, ref, args.out / f"{key}-{int(time.time())}")
         found = {k: v for k, v in metrics["strategies"].items() if k in BASELINES}

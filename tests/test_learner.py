@@ -10,6 +10,7 @@ import torch
 
 from livelm.document import Document
 from livelm.learner import Learner, get_strategy
+from livelm.learner.core import EAGER_MAX_WIDTH
 from livelm.learner.packing import pack
 from livelm.model import LoadedModel
 
@@ -145,6 +146,35 @@ def test_scores_do_not_depend_on_how_documents_are_batched(
     for a, b in zip(together, alone, strict=True):
         assert a.tokens == b.tokens
         assert a.loss == pytest.approx(b.loss, abs=1e-5)
+
+
+def test_wide_packed_rows_switch_attention_and_keep_each_document_alone(
+    tiny: LoadedModel, news_lines: list[str]
+) -> None:
+    """Rows wider than EAGER_MAX_WIDTH run SDPA on a CPU; the block-diagonal mask still holds
+    and the update is eager's (SGD: an update proportional to the gradient)."""
+    texts = [" ".join([t] * 4) for t in news_lines] * 3
+    wide = learner(tiny, "online", row_tokens=1024, token_budget=2048, optimizer="sgd", **FP32)
+    eager = learner(
+        tiny,
+        "online",
+        row_tokens=1024,
+        token_budget=2048,
+        optimizer="sgd",
+        attention="eager",
+        **FP32,
+    )
+    single = learner(tiny, "static", token_budget=128, max_tokens=128, **FP32)
+    docs = [wide.encode(Document(t)) for t in texts]
+    assert sum(d.tokens for d in docs) > EAGER_MAX_WIDTH
+    report = wide.step(docs)
+    assert wide._attention == "sdpa"
+    alone = [single.score([d])[0] for d in docs]
+    for a, b in zip(report.scores, alone, strict=True):
+        assert a.loss == pytest.approx(b.loss, abs=1e-4)
+    eager.step(docs)
+    for p, q in zip(wide.params, eager.params, strict=True):
+        assert torch.allclose(p, q, atol=1e-5)
 
 
 def test_an_over_long_document_is_split_into_chunks_not_cut(tiny: LoadedModel) -> None:
