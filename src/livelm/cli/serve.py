@@ -188,6 +188,13 @@ def add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.add_argument("--publish-every-s", type=float, default=d.publish_every_s)
     p.add_argument("--keep-last", type=int, default=d.keep_last, help="versions retained")
     p.add_argument(
+        "--pinned-versions",
+        type=int,
+        default=d.pinned_versions,
+        help="kept versions that requests name (model livelm@N) held in memory besides the "
+        "live one, least recently used out first",
+    )
+    p.add_argument(
         REBASE_FLAG,
         action="store_true",
         help="a queue that disagrees with the snapshots (restored from an older copy, or from "
@@ -256,6 +263,14 @@ def add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         default=d.yield_max_s,
         help="or once it has waited this long (learning never starves)",
     )
+    p.add_argument(
+        "--drift-webhook",
+        default=None,
+        metavar="URL",
+        help="POST each drift event as JSON to this http(s) URL, from a thread of its own "
+        "(a few retries; failures counted in livelm_webhook_failures_total); needs a strategy "
+        "with a detector, e.g. --strategy online+detector=adwin",
+    )
     p.add_argument("--quiet", action="store_true", help="log warnings only")
 
 
@@ -287,6 +302,7 @@ def run_serve(args: argparse.Namespace) -> None:
         publish_every_steps=args.publish_every_steps,
         publish_every_s=args.publish_every_s,
         keep_last=args.keep_last,
+        pinned_versions=args.pinned_versions,
         rebase_queue=args.rebase_queue,
         guard_max_rise=args.guard_max_rise,
         guard_max_total_rise=args.guard_max_total_rise,
@@ -306,5 +322,6 @@ def run_serve(args: argparse.Namespace) -> None:
         max_inflight=args.max_inflight,
         yield_quiet_s=args.yield_quiet_s,
         yield_max_s=args.yield_max_s,
+        drift_webhook=args.drift_webhook,
     )
     serve(settings, host=args.host, port=args.port, quiet=args.quiet)

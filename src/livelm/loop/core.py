@@ -43,7 +43,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
-from livelm.learner import EncodedDocument
+from livelm.document import Document
+from livelm.learner import EncodedDocument, StepReport
 from livelm.learner.distributed import GradientSync
 from livelm.learner.prequential import step_size
 from livelm.logsafe import printable
@@ -96,6 +97,7 @@ class LearningLoop:
         gate: PriorityGate | None = None,
         metrics: Metrics | None = None,
         on_live: Callable[[Manifest], None] | None = None,
+        on_step: Callable[[Sequence[Document], StepReport], None] | None = None,
     ) -> None:
         self.learner = learner
         self.feed = feed
@@ -109,6 +111,7 @@ class LearningLoop:
         self.gate = gate
         self.metrics = metrics
         self._on_live = on_live
+        self._on_step = on_step  # each step's documents and report (the server's monitor)
         self.per_step = settings.docs_per_step or learner.config.max_docs_per_step
         self.pending = Pending()
         self._carry: list[Taken] = []  # taken, left for the next step by a step sized in tokens
@@ -316,6 +319,8 @@ class LearningLoop:
             return  # alone, an empty step is no step; in a group, every rank takes part
         report = self.learner.step(encoded)
         self.steps += 1
+        if self._on_step is not None and taken:
+            self._on_step([t.doc for t in taken], report)
         for score in report.scores:
             self.monitor.update(score.loss)
         m = self.metrics

@@ -12,13 +12,14 @@ from contextlib import asynccontextmanager
 import anyio
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from livelm import __version__
 from livelm.server.errors import error_body, install_error_handlers, unhandled_error
 from livelm.server.metrics import Metrics
-from livelm.server.routes import documents, health, openai, snapshots
+from livelm.server.routes import dashboard, documents, health, monitor, openai, snapshots
 from livelm.server.runtime import Runtime
 from livelm.server.settings import ServerSettings
 
@@ -145,7 +146,9 @@ def create_app(settings: ServerSettings) -> FastAPI:
         finally:
             await anyio.to_thread.run_sync(runtime.close)
 
-    app = FastAPI(
+    # FastAPIOffline: /docs and /redoc load their scripts and styles from this server
+    # (/static-offline-docs), not from a CDN, so they work on a machine without internet.
+    app = FastAPIOffline(
         title="livelm",
         version=__version__,
         summary="A language model that learns from a stream of documents while it serves.",
@@ -158,6 +161,6 @@ def create_app(settings: ServerSettings) -> FastAPI:
     )
     app.add_middleware(_Unhandled)
     app.add_middleware(_RequestMetrics, metrics=metrics)
-    for module in (openai, documents, snapshots, health):
+    for module in (openai, documents, snapshots, monitor, health, dashboard):
         app.include_router(module.router)
     return app

@@ -57,7 +57,7 @@ class Follower:
         self.live: Manifest | None = None
         self.monitor = SurpriseMonitor()  # a replica sees no stream: surprises stay None
         self.error: BaseException | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -96,13 +96,20 @@ class Follower:
             self.model = self.base
         return self.model
 
-    def _load(self, version: int) -> None:
+    def serving_version(self, version: int) -> ServingVersion:
+        """A serving copy of a stored version: the live one, or one a request names. The model
+        is only a place to load into: each load overwrites all it learns."""
         with self._lock:
             manifest = self.store.manifest(version)
             directory = self.store.path(version)
             model = self._model_for(manifest, directory)
             load_weights(model, directory)
-            serving = ServingVersion(manifest, serving_copy(model), self.autocast)
+            return ServingVersion(manifest, serving_copy(model), self.autocast)
+
+    def _load(self, version: int) -> None:
+        with self._lock:  # held on: the last version loaded is the last to go live
+            serving = self.serving_version(version)
+            manifest = serving.manifest
             self.live = manifest
             self.metrics.went_live(manifest)
             self._on_live(serving)

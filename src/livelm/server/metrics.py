@@ -64,6 +64,11 @@ class Metrics:
             ["route"],
             registry=r,
         )
+        self.webhook_failures = Counter(
+            "livelm_webhook_failures",
+            "Drift events the --drift-webhook did not take (after retries, or queue full)",
+            registry=r,
+        )
         self.request_seconds = Histogram(
             "livelm_request_seconds",
             "HTTP request latency, by route",

@@ -17,7 +17,7 @@ from typing import IO
 
 from livelm.document import Document
 from livelm.learner import DocScore, EncodedDocument
-from livelm.loop import CanaryGuard, LearningLoop, LoopSettings, QueueFeed, canary_documents
+from livelm.loop import LearningLoop, LoopSettings, QueueFeed, canary_documents
 from livelm.model import autocast_dtype_for, load_model
 from livelm.policy import build_learner
 from livelm.server.errors import ApiError, NotReadyError
@@ -26,8 +26,11 @@ from livelm.server.follower import Follower
 from livelm.server.gate import PriorityGate
 from livelm.server.inference import Codec, Generation, Sampling, score_documents
 from livelm.server.metrics import Metrics
+from livelm.server.monitoring import Monitor, WatchedGuard
+from livelm.server.pinned import VersionLoader, VersionModels
 from livelm.server.settings import ServerSettings
 from livelm.server.versions import ServingVersion, serving_copy
+from livelm.server.webhook import WebhookSender
 from livelm.source.queue import Accepted, DocumentQueue, DocumentStatus, State
 from livelm.source.redis_stream import RedisSpec, RedisStreamSource
 from livelm.store import Manifest, SnapshotStore, base_model_id
@@ -85,6 +88,18 @@ class Runtime:
             max_wait_s=settings.yield_max_s,
         )
         self._live: ServingVersion | None = None
+        self._loader: VersionLoader | None = None  # made with the first live version
+        # What the learner sees as it learns (/v1/monitor); drift events also go to the webhook.
+        self.monitor = Monitor(
+            docs=settings.monitor_docs,
+            trend_docs=settings.trend_docs,
+            surprise_half_life=settings.policy.surprise_half_life,
+            webhook=None
+            if settings.drift_webhook is None
+            else WebhookSender(
+                settings.drift_webhook, on_failure=self.metrics.webhook_failures.inc
+            ),
+        )
         # Where POST /v1/documents goes on a replica: the learners' Redis stream.
         self.stream = (
             RedisStreamSource(RedisSpec.parse(settings.source, consumer="ingest"))
@@ -107,11 +122,17 @@ class Runtime:
             self.store = SnapshotStore(data_dir / "snapshots", keep_last=settings.keep_last)
             canary = canary_documents(settings.canary)  # what to keep: the guard's and EWC's
             learner = build_learner(loaded.model, loaded.tokenizer, config, settings.policy, canary)
+            self.monitor.watch_drifts(learner)
             self.learner = LearningLoop(
                 learner=learner,
                 feed=QueueFeed(self.queue, rebase=settings.rebase_queue),
                 store=self.store,
-                guard=CanaryGuard(canary, settings.guard_max_rise, settings.guard_max_total_rise),
+                guard=WatchedGuard(
+                    canary,
+                    settings.guard_max_rise,
+                    settings.guard_max_total_rise,
+                    monitor=self.monitor,
+                ),
                 base_model=base_model_id(settings.model),
                 where=f"--data-dir {settings.data_dir}",
                 settings=LoopSettings(
@@ -122,8 +143,17 @@ class Runtime:
                 gate=self.gate,
                 metrics=self.metrics,
                 on_live=self._serve_learner_version,
+                on_step=self.monitor.stepped,
             )
         self.learner.bootstrap()
+        # The models requests may name: `livelm` (the live version) and `livelm@N`.
+        self.models = VersionModels(
+            self.store,
+            settings.served_name,
+            live=lambda: self.live,
+            load=self._load_pinned,
+            capacity=settings.pinned_versions,
+        )
         self.feeder = (
             Feeder(settings.feed, self, every=settings.feed_every, backlog=settings.feed_backlog)
             if settings.feed is not None
@@ -143,6 +173,7 @@ class Runtime:
             self.queue.close()
         if self.stream is not None:
             self.stream.close()
+        self.monitor.close()
         if self._lock_file is not None:
             self._lock_file.close()
 
@@ -155,16 +186,26 @@ class Runtime:
         model = self.learner.learner.model
         device = next(model.parameters()).device
         autocast = autocast_dtype_for(device, self.settings.learner_config.precision)
+        if self._loader is None:  # at bootstrap: the loader copies the learner's shape
+            self._loader = VersionLoader(model, autocast)
         self._set_live(ServingVersion(manifest, serving_copy(model), autocast))
 
     def _set_live(self, version: ServingVersion) -> None:
         # One reference swap: a request reads `live` once and keeps that version to its end.
         self._live = version
+        self.monitor.went_live(version.manifest)
 
     @property
     def live(self) -> ServingVersion:
         assert self._live is not None, "bootstrap makes a version live before any request"
         return self._live
+
+    def _load_pinned(self, number: int) -> ServingVersion:
+        if isinstance(self.learner, Follower):  # a replica loads it as it loads a live one
+            return self.learner.serving_version(number)
+        assert self._loader is not None, "bootstrap made a version live"
+        manifest = self.store.manifest(number)
+        return self._loader.load(manifest, self.store.path(number), self.live)
 
     @property
     def ready(self) -> tuple[bool, str]:

@@ -14,6 +14,7 @@ from typing import Literal
 from livelm.learner import LearnerConfig
 from livelm.model import DEFAULT_MODEL
 from livelm.policy import PolicyConfig, Strategy, parse_strategy
+from livelm.server.webhook import check_webhook_url
 
 Scope = Literal["read", "write"]
 
@@ -67,6 +68,9 @@ class ServerSettings:
     publish_every_steps: int = 16
     publish_every_s: float = 10.0
     keep_last: int = 10
+    # Kept versions that requests name (`livelm@N`) stay loaded, at most this many besides the
+    # live one (least recently used first out); 0 loads one for each request.
+    pinned_versions: int = 2
     # A queue that disagrees with the store at startup (see livelm.source.reconcile) is re-based
     # after the store's position instead of refused.
     rebase_queue: bool = False
@@ -97,6 +101,12 @@ class ServerSettings:
     max_inflight: int = 2
     yield_quiet_s: float = 0.02
     yield_max_s: float = 5.0
+    # Monitoring (/v1/monitor): each drift event is POSTed as JSON to this URL (needs a strategy
+    # with a detector); the newest `monitor_docs` documents are ranked by surprise, and terms
+    # emerge in the newest `trend_docs` against the documents before them.
+    drift_webhook: str | None = field(default=None, repr=False)  # its URL may hold a token
+    monitor_docs: int = 1000
+    trend_docs: int = 300
 
     def __post_init__(self) -> None:
         if isinstance(self.strategy, str):
@@ -126,6 +136,8 @@ class ServerSettings:
         for flag, value in positive.items():
             if not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"{flag} must be a positive number, not {value}")
+        if self.pinned_versions < 0:
+            raise ValueError(f"--pinned-versions must be at least 0, not {self.pinned_versions}")
         if not (0 <= self.lock_wait_s < math.inf):
             raise ValueError(f"--lock-wait must be seconds >= 0, not {self.lock_wait_s}")
         if not (0 <= self.yield_quiet_s <= self.yield_max_s):
@@ -134,6 +146,20 @@ class ServerSettings:
             )
         if not self.served_name.strip():
             raise ValueError("--served-name must not be empty")
+        if self.monitor_docs < 1 or self.trend_docs < 1:
+            raise ValueError("monitor_docs and trend_docs must be at least 1")
+        if self.drift_webhook is not None:
+            check_webhook_url(self.drift_webhook)
+            if self.follow is not None:
+                raise ValueError(
+                    "--drift-webhook: a --follow replica learns nothing, so it sees "
+                    "no drift; give it to the learners' server"
+                )
+            if self.policy.detector is None:
+                raise ValueError(
+                    f"--drift-webhook: --strategy {self.parsed_strategy.name} has no drift "
+                    "detector; add one, e.g. --strategy online+detector=adwin"
+                )
 
     @property
     def parsed_strategy(self) -> Strategy:

@@ -86,14 +86,14 @@ async def score(
     request: Request,
     response: Response,
 ) -> ScoreResponse:
-    """Each document's loss, perplexity and surprise under the live version; nothing is
-    stored or learned.
+    """Each document's loss, perplexity and surprise under the live version (or the kept
+    version `model` names: `livelm@N`); nothing is stored or learned.
 
     At most `--max-score-tokens` tokens per request (a 413 past it, before any model work);
     the work stops when the client disconnects.
     """
     check_documents([d.text for d in body.documents], settings)
-    version = runtime.live
+    version = await runtime.models.resolve(body.model)
     docs = [Document(d.text, id="" if d.id is None else str(d.id)) for d in body.documents]
     limit = settings.max_score_tokens
     try:
@@ -122,4 +122,5 @@ async def score(
                 surprise=None if loss is None else runtime.learner.monitor.surprise(loss),
             )
         )
-    return ScoreResponse(model=settings.served_name, version=version.number, documents=out)
+    model = settings.served_name if body.model is None else body.model
+    return ScoreResponse(model=model, version=version.number, documents=out)

@@ -1,7 +1,9 @@
 """OpenAI-compatible `/v1/completions`, `/v1/chat/completions` and `/v1/models`.
 
-A request takes the live version once and generates every choice with it, streamed or not;
-the version is in the `X-Livelm-Version` header and in `system_fingerprint` (`livelm-v12`).
+A request takes the live version once (`model` is `livelm`), or the kept version it names
+(`livelm@12`, see `pinned.py`), and generates every choice with it, streamed or not; the version
+is in the `X-Livelm-Version` header and in `system_fingerprint` (`livelm-v12`). `/v1/models`
+lists `livelm` and a `livelm@N` for each version the store keeps.
 Streams are server-sent events ending with `data: [DONE]`, as OpenAI's are.
 """
 
@@ -20,7 +22,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from livelm.server.deps import READ, LimitError, RuntimeDep, SettingsDep
-from livelm.server.errors import NotFoundError, error_body
+from livelm.server.errors import error_body
 from livelm.server.inference import Cancelled, FinishReason, Generation, Piece, Sampling
 from livelm.server.routes.disconnect import run_cancellable
 from livelm.server.runtime import Runtime
@@ -48,11 +50,6 @@ router = APIRouter(prefix="/v1", tags=["openai"], dependencies=READ)
 def _sampling(
     body: CompletionRequest | ChatRequest, max_tokens: int, settings: ServerSettings
 ) -> Sampling:
-    if body.model != settings.served_name:
-        raise NotFoundError(
-            f"model {body.model!r} is not served here; this server serves {settings.served_name!r}",
-            param="model",
-        )
     if max_tokens > settings.max_new_tokens:
         raise LimitError(
             f"max_tokens {max_tokens} is past the limit of {settings.max_new_tokens} "
@@ -177,7 +174,7 @@ async def completions(
     response: Response,
 ) -> Completion | StreamingResponse:
     sampling = _sampling(body, body.max_tokens, settings)
-    version = runtime.live
+    version = await runtime.models.resolve(body.model)
 
     def encode() -> list[list[int]]:
         return [runtime.prompt_ids(p, sampling.max_tokens) for p in body.prompt]
@@ -237,7 +234,7 @@ async def chat_completions(
     response: Response,
 ) -> ChatCompletion | StreamingResponse:
     sampling = _sampling(body, body.new_tokens(settings.max_new_tokens), settings)
-    version = runtime.live
+    version = await runtime.models.resolve(body.model)
     codec = runtime.codec
 
     def encode() -> list[int]:
@@ -283,10 +280,16 @@ async def chat_completions(
     )
 
 
+def _timestamp(created: str) -> int:
+    return int(datetime.fromisoformat(created).timestamp())
+
+
 @router.get("/models")
 def models(runtime: RuntimeDep, settings: SettingsDep) -> ModelList:
+    """`livelm`, the live version, then `livelm@N` for each version kept, newest first."""
     live = runtime.live
-    created = int(datetime.fromisoformat(live.manifest.created).timestamp())
-    return ModelList(
-        data=[ModelCard(id=settings.served_name, created=created, version=live.number)]
-    )
+    name = settings.served_name
+    cards = [ModelCard(id=name, created=_timestamp(live.manifest.created), version=live.number)]
+    for number, created in runtime.models.kept():
+        cards.append(ModelCard(id=f"{name}@{number}", created=_timestamp(created), version=number))
+    return ModelList(data=cards)

@@ -188,10 +188,17 @@ class ScoreRequest(BaseModel):
     """One document, a list, or `{"documents": [...]}`; nothing is stored or learned."""
 
     documents: list[ScoreDocumentIn] = Field(min_length=1)
+    model: Unicode | None = Field(
+        None, description="livelm@N: score with kept version N; default: the live version"
+    )
 
     @model_validator(mode="before")
     @classmethod
     def _one_or_many(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "model" in data and "documents" not in data:
+            # One document with the request's model beside it: {"text": ..., "model": ...}.
+            doc = {k: v for k, v in data.items() if k != "model"}
+            return {**_wrap(doc), "model": data["model"]}
         return _wrap(data)
 
 

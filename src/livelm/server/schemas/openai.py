@@ -172,7 +172,7 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "livelm"
-    version: int = Field(description="the live version")
+    version: int = Field(description="the version it answers with (livelm: the live one)")
 
 
 class ModelList(BaseModel):
