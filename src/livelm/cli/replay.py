@@ -61,6 +61,14 @@ def add_replay_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="rewrite the report every N documents, so Ctrl-C keeps what was done; 0: at the "
         "end only",
     )
+    p.add_argument(
+        "--idle",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="stream '-': step on the documents that have come once no line has come for this "
+        "long (a partial step, and the report rewritten)",
+    )
     scope = "apply to every learning strategy named; a spec's own +key=value options win"
     groups = (
         (
@@ -145,6 +153,7 @@ def replay(
     boundary: str = "auto",
     group_by: str | None = None,
     report_every: int = REPORT_EVERY,
+    idle_s: float = 1.0,
     command: str | None = None,
 ) -> dict[str, object]:
     """`flags`: the option flags given (`{"lr": "1e-3", "replay": "0.25"}`), which apply
@@ -176,6 +185,7 @@ def replay(
         save=save,
         group_by=group_by,
         report_every=report_every,
+        idle_s=idle_s,
         command=command,
     )
     if stream != "-":  # refused before the model loads; stdin is checked as it is read
@@ -280,5 +290,6 @@ def run_replay_command(args: argparse.Namespace, argv: Sequence[str]) -> None:
         boundary=args.boundary,
         group_by=args.group_by,
         report_every=args.report_every,
+        idle_s=args.idle,
         command=shlex.join(["livelm", *argv]),
     )
