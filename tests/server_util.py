@@ -132,3 +132,10 @@ class ServeProcess:
     def kill(self, sig: int = signal.SIGKILL) -> None:
         self.proc.send_signal(sig)
         self.proc.wait()
+
+
+def sigint_as_in_a_terminal() -> None:
+    """`preexec_fn` for a child that a test stops with SIGINT, as Ctrl-C would: a job started in
+    the background by a non-interactive shell (CI, nohup) inherits SIGINT ignored, and Python then
+    installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

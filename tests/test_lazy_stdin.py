@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from livelm.cli.main import main
+from tests.server_util import sigint_as_in_a_terminal
 
 
 def lines_of(news_lines: list[str], n: int) -> list[str]:
@@ -44,6 +45,7 @@ def replay_stdin(tiny_model_dir: Path, out: Path, *extra: str) -> subprocess.Pop
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=os.environ | {"OMP_NUM_THREADS": "1", "LIVELM_CACHE": str(out.parent / "cache")},
+        preexec_fn=sigint_as_in_a_terminal,
     )
 
 

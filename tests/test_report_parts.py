@@ -26,6 +26,7 @@ from livelm.report.docs import (
     mean_difference,
     stream_times,
 )
+from tests.server_util import sigint_as_in_a_terminal
 
 CATEGORIES = ["WEATHER", "BUSINESS", "HEALTH", "SPORTS"]
 
@@ -187,6 +188,7 @@ def test_ctrl_c_keeps_the_report_of_what_was_done(
         stderr=subprocess.PIPE,
         text=True,
         env=os.environ | {"OMP_NUM_THREADS": "1", "LIVELM_CACHE": str(tmp_path / "cache")},
+        preexec_fn=sigint_as_in_a_terminal,
     )
     try:
         deadline = time.monotonic() + 240
