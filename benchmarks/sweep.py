@@ -83,11 +83,13 @@ def reference(out: Path) -> Path:
     return path
 
 
-def run(stream: Path, strategies: list[str], docs: int, ref: Path, out: Path) -> dict[str, Any]:
+def run(
+    stream: Path, strategies: list[str], docs: int, ref: Path, out: Path, side_by_side: bool
+) -> dict[str, Any]:
     command = [
         str(ROOT / ".venv" / "bin" / "livelm"),
         "replay",
-        str(stream),
+        "-" if side_by_side else str(stream),
         "--strategy",
         ",".join(strategies),
         "--max-docs",
@@ -98,8 +100,14 @@ def run(stream: Path, strategies: list[str], docs: int, ref: Path, out: Path) ->
         str(out),
         "--quiet",
     ]
-    print("$", shlex.join(command), file=sys.stderr)
-    subprocess.run(command, check=True, env=os.environ | {"TOKENIZERS_PARALLELISM": "false"})
+    print("$", shlex.join(command), "<" if side_by_side else "", stream, file=sys.stderr)
+    with stream.open() as stdin:
+        subprocess.run(
+            command,
+            check=True,
+            stdin=stdin if side_by_side else subprocess.DEVNULL,
+            env=os.environ | {"TOKENIZERS_PARALLELISM": "false"},
+        )
     result: dict[str, Any] = json.loads((out / "metrics.json").read_text())
     return result
 
@@ -138,6 +146,12 @@ def main() -> None:
     parser.add_argument(
         "--baselines", default="static,seed", help="run beside the swept strategies (or none)"
     )
+    parser.add_argument(
+        "--side-by-side",
+        action="store_true",
+        help="feed the slice on stdin, so that the strategies take each document in turn and "
+        "anything else on the machine slows them alike (tokens/s ratios hold)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "sweep")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -155,7 +169,14 @@ def main() -> None:
             wanted = [b for b in args.baselines.split(",") if b in BASELINES]
             strategies = [*wanted, *strategies]
         started = time.strftime("%Y-%m-%d %H:%M")
-        metrics = run(stream, strategies, args.docs, ref, args.out / f"{key}-{int(time.time())}")
+        metrics = run(
+            stream,
+            strategies,
+            args.docs,
+            ref,
+            args.out / f"{key}-{int(time.time())}",
+            args.side_by_side,
+        )
         found = {k: v for k, v in metrics["strategies"].items() if k in BASELINES}
         if found:
             base_file.write_text(json.dumps(found))
