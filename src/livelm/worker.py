@@ -27,13 +27,16 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from livelm.learner.distributed import GradientSync
-from livelm.loop import CanaryGuard, LearningLoop, LoopSettings, StreamFeed, canary_documents
-from livelm.model import DEFAULT_MODEL, load_model
-from livelm.policy import Strategy, build_learner, core_learner, parse_strategy
+from livelm.model import DEFAULT_MODEL
+from livelm.policy import Strategy, parse_strategy
 from livelm.source.redis_stream import RedisSpec, RedisStreamSource
 from livelm.store import SnapshotStore, base_model_id
+
+if TYPE_CHECKING:
+    from livelm.learner.distributed import GradientSync
+    from livelm.loop import LearningLoop, LoopSettings
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,8 @@ class WorkerSettings:
 
     @property
     def loop(self) -> LoopSettings:
+        from livelm.loop import LoopSettings  # imports torch: `livelm learn --help` does not
+
         return LoopSettings(
             publish_every_steps=self.publish_every_steps,
             publish_every_s=self.publish_every_s,
@@ -81,6 +86,12 @@ class WorkerSettings:
 
 def build_worker(settings: WorkerSettings, sync: GradientSync | None = None) -> LearningLoop:
     """The learning loop of one rank: its learner, its consumer of the group, the store."""
+    # Here rather than at the top: these import torch, and `livelm learn --help` needs only
+    # the settings above.
+    from livelm.loop import CanaryGuard, LearningLoop, StreamFeed, canary_documents
+    from livelm.model import load_model
+    from livelm.policy import build_learner, core_learner
+
     strategy = settings.strategy
     assert isinstance(strategy, Strategy), "parsed in WorkerSettings.__post_init__"
     if not strategy.learner.learns:

@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-from livelm.learner.distributed import init_from_env
 from livelm.model import DEFAULT_MODEL
 from livelm.policy import Strategy, known_strategies, parse_strategy
 from livelm.source.files import read_stream
@@ -21,7 +20,8 @@ SOURCE_HELP = "redis://host:port/db?stream=NAME&group=GROUP[&consumer=C][&claim_
 
 
 def add_learn_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    d = WorkerSettings(source="redis://localhost/0?stream=s", store=Path("."))
+    # The defaults, without building settings (whose loop settings import torch).
+    d = {f.name: f.default for f in dataclasses.fields(WorkerSettings)}
     p = sub.add_parser(
         "learn",
         help="a learner worker on a Redis stream (data-parallel under torchrun)",
@@ -33,20 +33,20 @@ def add_learn_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--store", type=Path, required=True, help="the snapshot directory")
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--strategy", default="online", help=f"presets: {', '.join(known_strategies())}")
-    p.add_argument("--device", default=d.device)
+    p.add_argument("--device", default=d["device"])
     p.add_argument("--docs-per-step", type=int, default=None, help="per rank")
-    p.add_argument("--publish-every-steps", type=int, default=d.publish_every_steps)
-    p.add_argument("--publish-every-s", type=float, default=d.publish_every_s)
-    p.add_argument("--keep-last", type=int, default=d.keep_last)
-    p.add_argument("--guard-max-rise", type=float, default=d.guard_max_rise)
-    p.add_argument("--guard-max-total-rise", type=float, default=d.guard_max_total_rise)
+    p.add_argument("--publish-every-steps", type=int, default=d["publish_every_steps"])
+    p.add_argument("--publish-every-s", type=float, default=d["publish_every_s"])
+    p.add_argument("--keep-last", type=int, default=d["keep_last"])
+    p.add_argument("--guard-max-rise", type=float, default=d["guard_max_rise"])
+    p.add_argument("--guard-max-total-rise", type=float, default=d["guard_max_total_rise"])
     p.add_argument("--canary", type=Path, default=None)
     p.add_argument(
         "--boundary",
         default="auto",
         help="the token every document starts with: auto, bos, eos or a token (as serve's)",
     )
-    p.add_argument("--block-ms", type=int, default=d.block_ms)
+    p.add_argument("--block-ms", type=int, default=d["block_ms"])
     p.add_argument(
         "--exit-when-idle",
         type=float,
@@ -69,6 +69,8 @@ def _strategy(spec: str, boundary: str) -> Strategy:
 
 
 def run_learn(args: argparse.Namespace) -> None:
+    from livelm.learner.distributed import init_from_env  # torch, which `--help` does without
+
     settings = WorkerSettings(
         source=args.source,
         store=args.store,

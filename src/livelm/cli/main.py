@@ -2,8 +2,9 @@
 
 Each command is a function of typed arguments; `main` parses, checks what it can before
 anything loads, and maps errors to one line and exit status 2 (130 after Ctrl-C). Only the
-named command's parser is built, and torch, transformers and the server are imported by the
-command that needs them: `livelm --help` and `livelm --version` import none of them.
+named command's parser is built, from configs that import no torch; torch, transformers and
+the server are imported when a command runs: `livelm --help`, `livelm COMMAND --help`,
+`--version` and a mistyped flag import none of them.
 """
 
 from __future__ import annotations

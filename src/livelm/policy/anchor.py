@@ -14,15 +14,15 @@ B is held), the affordable form: the Fisher of the full weight matrices would co
 worth of memory and a dense product per layer per step.
 
 Both are `Learner.regularizers`: the learner adds the penalty to the loss of every update,
-inside its guard against non-finite losses.
+inside its guard against non-finite losses. Their spec (`--anchor l2sp:0.01`) is `AnchorConfig`,
+in `livelm.policy.config` with the rest of a policy's settings, which import no torch.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
 from peft.tuners.lora import LoraLayer
@@ -30,49 +30,8 @@ from peft.tuners.lora import LoraLayer
 from livelm.document import Document
 from livelm.learner.core import Learner, Regularizer
 
-AnchorKind = Literal["l2sp", "ewc"]
-ANCHOR_KINDS: tuple[AnchorKind, ...] = ("l2sp", "ewc")
-
-
-@dataclass(frozen=True)
-class AnchorConfig:
-    """`kind:strength`, as in `--anchor l2sp:0.01`; EWC estimates its Fisher information on the
-    first `fisher_docs` reference documents (`ewc:100:32` sets that count)."""
-
-    kind: AnchorKind
-    strength: float
-    fisher_docs: int = 64
-
-    def __post_init__(self) -> None:
-        if self.kind not in ANCHOR_KINDS:
-            raise ValueError(f"--anchor {self.kind!r}: choose from {', '.join(ANCHOR_KINDS)}")
-        if not (self.strength >= 0 and math.isfinite(self.strength)):
-            raise ValueError(f"--anchor strength must be >= 0, not {self.strength}")
-        if self.fisher_docs < 1:
-            raise ValueError(f"--anchor: EWC needs at least 1 document, not {self.fisher_docs}")
-
-    @classmethod
-    def parse(cls, spec: str) -> AnchorConfig:
-        kind, _, rest = spec.strip().partition(":")
-        strength, _, docs = rest.partition(":")
-        if kind not in ANCHOR_KINDS or not strength:
-            raise ValueError(f"--anchor {spec!r}: write l2sp:STRENGTH or ewc:STRENGTH[:DOCS]")
-        try:
-            if docs:
-                return cls(kind, float(strength), int(docs))
-            return cls(kind, float(strength))
-        except ValueError as e:
-            raise ValueError(f"--anchor {spec!r}: {e}") from None
-
-    def __str__(self) -> str:
-        tail = f":{self.fisher_docs}" if self.kind == "ewc" else ""
-        return f"{self.kind}:{self.strength:g}{tail}"
-
-    def to_dict(self) -> dict[str, Any]:
-        fields: dict[str, Any] = {"kind": self.kind, "strength": self.strength}
-        if self.kind == "ewc":
-            fields["fisher_docs"] = self.fisher_docs
-        return fields
+if TYPE_CHECKING:
+    from livelm.policy.config import AnchorConfig
 
 
 def _lora_factors(model: torch.nn.Module) -> list[tuple[torch.Tensor, torch.Tensor, float]]:

@@ -2,7 +2,9 @@
 
 A `PolicyConfig` is frozen and validated at construction, and is written into reports as sorted
 JSON beside the learner's config. The empty config is the plain learner (plus the surprise
-score, which costs nothing).
+score, which costs nothing). `AnchorConfig` is its `--anchor` spec; the penalty it names is
+`livelm.policy.anchor`'s. Nothing here imports torch: the command line parses these settings,
+and shows their defaults in `--help`, before any model loads.
 """
 
 from __future__ import annotations
@@ -13,12 +15,55 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from livelm.policy.anchor import AnchorConfig
 from livelm.policy.drift import DetectorConfig
 from livelm.policy.span import Span
 
 DriftAction = Literal["rewarm", "reset", "boost"]
 DRIFT_ACTIONS: tuple[DriftAction, ...] = ("rewarm", "reset", "boost")
+
+AnchorKind = Literal["l2sp", "ewc"]
+ANCHOR_KINDS: tuple[AnchorKind, ...] = ("l2sp", "ewc")
+
+
+@dataclass(frozen=True)
+class AnchorConfig:
+    """`kind:strength`, as in `--anchor l2sp:0.01`; EWC estimates its Fisher information on the
+    first `fisher_docs` reference documents (`ewc:100:32` sets that count)."""
+
+    kind: AnchorKind
+    strength: float
+    fisher_docs: int = 64
+
+    def __post_init__(self) -> None:
+        if self.kind not in ANCHOR_KINDS:
+            raise ValueError(f"--anchor {self.kind!r}: choose from {', '.join(ANCHOR_KINDS)}")
+        if not (self.strength >= 0 and math.isfinite(self.strength)):
+            raise ValueError(f"--anchor strength must be >= 0, not {self.strength}")
+        if self.fisher_docs < 1:
+            raise ValueError(f"--anchor: EWC needs at least 1 document, not {self.fisher_docs}")
+
+    @classmethod
+    def parse(cls, spec: str) -> AnchorConfig:
+        kind, _, rest = spec.strip().partition(":")
+        strength, _, docs = rest.partition(":")
+        if kind not in ANCHOR_KINDS or not strength:
+            raise ValueError(f"--anchor {spec!r}: write l2sp:STRENGTH or ewc:STRENGTH[:DOCS]")
+        try:
+            if docs:
+                return cls(kind, float(strength), int(docs))
+            return cls(kind, float(strength))
+        except ValueError as e:
+            raise ValueError(f"--anchor {spec!r}: {e}") from None
+
+    def __str__(self) -> str:
+        tail = f":{self.fisher_docs}" if self.kind == "ewc" else ""
+        return f"{self.kind}:{self.strength:g}{tail}"
+
+    def to_dict(self) -> dict[str, Any]:
+        fields: dict[str, Any] = {"kind": self.kind, "strength": self.strength}
+        if self.kind == "ewc":
+            fields["fisher_docs"] = self.fisher_docs
+        return fields
 
 
 @dataclass(frozen=True)

@@ -51,10 +51,11 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, Literal, Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Protocol, Self, TypeVar
 
-from river import drift
-from river.base import DriftDetector
+if TYPE_CHECKING:  # river (numpy, scipy) loads when a detector first takes a loss
+    from river import drift
+    from river.base import DriftDetector
 
 from livelm.policy.residual import DEFAULT_TREND, DEFAULT_WARMUP, Residual
 
@@ -82,7 +83,7 @@ class Detector(Protocol):
     def false_alarm_rate(self) -> float: ...
 
 
-R = TypeVar("R", bound=DriftDetector)
+R = TypeVar("R", bound="DriftDetector")
 
 
 class RiverDetector(ABC, Generic[R]):
@@ -139,11 +140,17 @@ class RiverDetector(ABC, Generic[R]):
 
     def reset(self) -> None:
         """As new: river, the trend and the scale (unless it was given) start over."""
-        self._river: R = self._build()
+        self._river: R | None = None  # built on first use: settings are checked without river
         self._drift = False
         self.signal.reset()
         self.seen = 0
         self._sum = 0.0
+
+    @property
+    def river(self) -> R:
+        if self._river is None:
+            self._river = self._build()
+        return self._river
 
     @abstractmethod
     def _build(self) -> R: ...
@@ -169,10 +176,10 @@ class RiverDetector(ABC, Generic[R]):
             # document, with later losses already in river's state.)
             self._prefill(self.signal.history())
             return self
-        self._river.update(z)
+        self.river.update(z)
         self.seen += 1
         self._sum += x
-        self._drift = bool(self._river.drift_detected) and self._reported(z)
+        self._drift = bool(self.river.drift_detected) and self._reported(z)
         return self
 
     def _prefill(self, history: list[float]) -> None:
@@ -182,8 +189,8 @@ class RiverDetector(ABC, Generic[R]):
         and so does the trend."""
         changed = False
         for z in history:
-            self._river.update(z)
-            changed |= bool(self._river.drift_detected)
+            self.river.update(z)
+            changed |= bool(self.river.drift_detected)
         if changed:
             self.signal.restart()
 
@@ -220,7 +227,7 @@ class RiverDetector(ABC, Generic[R]):
         }
 
 
-class ADWINDetector(RiverDetector[drift.ADWIN]):
+class ADWINDetector(RiverDetector["drift.ADWIN"]):
     """ADWIN (Bifet & Gavalda, 2007): an adaptive window cut where two sub-windows' means differ.
 
     Its `delta` bounds the probability of a false cut at each step, so it is the false-alarm
@@ -234,15 +241,17 @@ class ADWINDetector(RiverDetector[drift.ADWIN]):
     knob = "delta"
 
     def _build(self) -> drift.ADWIN:
+        from river import drift
+
         return drift.ADWIN(**self.params)
 
     def _state(self) -> dict[str, float]:
-        width = float(self._river.width)
+        width = float(self.river.width)
         return {
             "width": width,
-            "estimation": float(self._river.estimation),
+            "estimation": float(self.river.estimation),
             # river's `variance` is the window's sum of squared deviations, not their mean
-            "variance": float(self._river.variance) / width if width else math.nan,
+            "variance": float(self.river.variance) / width if width else math.nan,
         }
 
     @property
@@ -250,7 +259,7 @@ class ADWINDetector(RiverDetector[drift.ADWIN]):
         return float(self.params["delta"])
 
 
-class PageHinkleyDetector(RiverDetector[drift.PageHinkley]):
+class PageHinkleyDetector(RiverDetector["drift.PageHinkley"]):
     """Page-Hinkley (Page, 1954): a cumulative sum of deviations from the mean against a threshold.
 
     `delta` is the change it tolerates and `threshold` the evidence it needs, both in units of
@@ -268,6 +277,8 @@ class PageHinkleyDetector(RiverDetector[drift.PageHinkley]):
     knob = "threshold"
 
     def _build(self) -> drift.PageHinkley:
+        from river import drift
+
         return drift.PageHinkley(**self.params, mode=self.direction)
 
     @property
@@ -275,7 +286,7 @@ class PageHinkleyDetector(RiverDetector[drift.PageHinkley]):
         return math.exp(-2 * self.params["delta"] * self.params["threshold"])
 
 
-class KSWINDetector(RiverDetector[drift.KSWIN]):
+class KSWINDetector(RiverDetector["drift.KSWIN"]):
     """KSWIN (Raab et al., 2020): a Kolmogorov-Smirnov test of the newest documents' losses
     against a sample of the window before them.
 
@@ -297,12 +308,14 @@ class KSWINDetector(RiverDetector[drift.KSWIN]):
     knob = "alpha"
 
     def _build(self) -> drift.KSWIN:
+        from river import drift
+
         return drift.KSWIN(**self.params)
 
     def _state(self) -> dict[str, float]:
-        window = self._river.window
+        window = self.river.window
         mean = sum(window) / len(window) if window else math.nan
-        return {"p_value": float(self._river.p_value), "window_mean": mean}
+        return {"p_value": float(self.river.p_value), "window_mean": mean}
 
     @property
     def false_alarm_rate(self) -> float:

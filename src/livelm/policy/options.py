@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from livelm.learner.config import STRATEGIES, LearnerConfig, Optimizer, Precision
-from livelm.policy.anchor import AnchorConfig
-from livelm.policy.config import DRIFT_ACTIONS
+from livelm.policy.config import DRIFT_ACTIONS, AnchorConfig
 from livelm.policy.drift import DETECTORS, DetectorConfig
 from livelm.policy.span import Span
 

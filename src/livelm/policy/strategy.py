@@ -27,8 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from livelm.learner.config import STRATEGIES, LearnerConfig
-from livelm.policy.anchor import AnchorConfig
-from livelm.policy.config import PolicyConfig
+from livelm.policy.config import AnchorConfig, PolicyConfig
 from livelm.policy.drift import DetectorConfig
 from livelm.policy.options import OPTIONS, POLICY_OPTIONS, Option
 from livelm.policy.span import Span
