@@ -22,6 +22,7 @@ from fastapi.testclient import TestClient
 from livelm.cli.serve import bind
 from livelm.learner import get_strategy
 from livelm.server import ServerSettings
+from livelm.server.gate import PriorityGate
 
 # Fast, visible learning on the tiny model; fp32 so that results do not depend on the CPU.
 TINY_LEARNER = get_strategy("online").replace(lr=1e-2, warmup_steps=0, precision="fp32")
@@ -139,3 +140,23 @@ def sigint_as_in_a_terminal() -> None:
     the background by a non-interactive shell (CI, nohup) inherits SIGINT ignored, and Python then
     installs no KeyboardInterrupt handler."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@contextmanager
+def request_held(gate: PriorityGate) -> Iterator[threading.Event]:
+    """A model request holding one of `gate`'s serving slots, in a thread, until the block ends
+    or the event it yields is set."""
+    release = threading.Event()
+
+    def request() -> None:
+        with gate.serving():
+            release.wait()
+
+    worker = threading.Thread(target=request)
+    worker.start()
+    time.sleep(0.02)  # it holds its slot
+    try:
+        yield release
+    finally:
+        release.set()
+        worker.join()

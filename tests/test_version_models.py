@@ -115,14 +115,14 @@ def test_a_pinned_version_answers_as_it_did_when_live(client: TestClient) -> Non
     assert pinned_loss == pytest.approx(loss, abs=1e-5)
     listed = score(client, {"documents": [{"text": ZEBRA}], "model": "livelm@2"})
     assert listed[0] == pytest.approx(loss, abs=1e-5)
-    # In memory, version 2 owns only its adapters: the frozen base is the live version's.
+    # In memory, version 2 owns only its merged projections: every tensor LoRA does not touch
+    # (embeddings, norms) is the live version's, itself the learner's frozen base.
+    pinned_model = runtime_of(client).models.pinned.get(2).model
     live_ids = {id(p) for p in runtime_of(client).live.model.parameters()}
-    own = [
-        n
-        for n, p in runtime_of(client).models.pinned.get(2).model.named_parameters()
-        if id(p) not in live_ids
-    ]
-    assert own and all(".lora_" in n for n in own)
+    own = {n for n, p in pinned_model.named_parameters() if id(p) not in live_ids}
+    adapted = {f"{n}.weight" for n, _ in pinned_model.named_modules() if n.endswith("_proj")}
+    assert own == adapted and len(adapted) == 14  # 7 projections in each of 2 layers
+    assert not any("lora_" in n for n, _ in pinned_model.named_parameters())
     # Naming the live version is the live version; no model is the live version too.
     assert score(client, {"text": ZEBRA, "model": "livelm@6"})[:2] == (live_loss, 6)
     assert score(client, {"text": ZEBRA, "model": "livelm"})[:2] == (live_loss, 6)
@@ -246,7 +246,7 @@ def test_one_load_serves_every_waiter_and_a_failed_load_keeps_nothing() -> None:
         if fail.is_set():
             raise FileNotFoundError(version)
         manifest = Manifest(version=version, parent=None, kind="lora", base_model="m", position=0)
-        return ServingVersion(manifest, object(), None)  # type: ignore[arg-type]
+        return ServingVersion(manifest, object())  # type: ignore[arg-type]
 
     versions = PinnedVersions(load, capacity=1)
     got: list[object] = []

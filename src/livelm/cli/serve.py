@@ -13,17 +13,18 @@ import os
 import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import uvicorn
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from livelm.model import DEFAULT_MODEL, cache_root
+from livelm.model import DEFAULT_MODEL
 from livelm.policy import known_strategies, parse_strategy
-from livelm.server import ServerSettings, create_app
-from livelm.server.auth import ENV_VAR, load_api_keys
+from livelm.server import ServerSettings
+from livelm.server.memory import cap_kernel_caches, tune_malloc
+from livelm.server.settings import API_KEYS_ENV_VAR
 from livelm.source.reconcile import REBASE_FLAG
-from livelm.source.sotu import write_sotu_stream
 from livelm.source.storage import StorageUnavailable
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 DEMO_EVERY = 10  # the demo feeds every 10th State of the Union paragraph: 1790 to 2021 sooner
 
@@ -97,7 +98,14 @@ def serve(
     settings: ServerSettings, *, host: str = "127.0.0.1", port: int = 8000, quiet: bool = False
 ) -> None:
     """Serve until interrupted. Port 0 picks a free port; the address is printed once bound."""
+    import uvicorn  # here, with the app: `--help` imports neither, nor torch
+
+    from livelm.server import create_app
+
     settings.check_bind(host)
+    # Before the server's threads exist, and before the first kernel is compiled.
+    tune_malloc(settings.malloc_arenas, settings.malloc_mmap_threshold)
+    cap_kernel_caches(settings.kernel_cache)
     try:
         sock = bind(host, port)
     except OSError as e:
@@ -232,7 +240,10 @@ def add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.add_argument("--api-key-read", action="append", default=[], metavar="KEY")
     p.add_argument("--api-key-write", action="append", default=[], metavar="KEY")
     p.add_argument(
-        "--api-keys-file", type=Path, default=None, help=f"'read:KEY' lines; or set {ENV_VAR}"
+        "--api-keys-file",
+        type=Path,
+        default=None,
+        help=f"'read:KEY' lines; or set {API_KEYS_ENV_VAR}",
     )
     p.add_argument("--max-request-bytes", type=int, default=d.max_request_bytes)
     p.add_argument("--max-documents-per-request", type=int, default=d.max_documents_per_request)
@@ -252,6 +263,12 @@ def add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     p.add_argument("--max-inflight", type=int, default=d.max_inflight, help="model requests")
     p.add_argument(
+        "--max-batch",
+        type=int,
+        default=d.max_batch,
+        help="generations decoded together in one batch (more wait for a place)",
+    )
+    p.add_argument(
         "--yield-quiet-s",
         type=float,
         default=d.yield_quiet_s,
@@ -262,6 +279,49 @@ def add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         type=float,
         default=d.yield_max_s,
         help="or once it has waited this long (learning never starves)",
+    )
+    p.add_argument(
+        "--learner-share",
+        type=float,
+        default=d.learner_share,
+        help="the share of the time the learner's steps take under a steady load, beside the "
+        "requests, so that freshness stays bounded (0: it steps only in quiet moments or after "
+        "--yield-max-s)",
+    )
+    p.add_argument(
+        "--malloc-arenas",
+        type=int,
+        default=d.malloc_arenas,
+        help="at most this many malloc arenas (glibc; 0: its default of eight per core): fewer "
+        "hold less freed memory; MALLOC_ARENA_MAX, when set, wins",
+    )
+    p.add_argument(
+        "--malloc-mmap-threshold",
+        type=int,
+        default=d.malloc_mmap_threshold,
+        help="bytes from which a block is mapped for itself and given back when freed (glibc; "
+        "0: its default, which rises to 32 MB); MALLOC_MMAP_THRESHOLD_, when set, wins",
+    )
+    p.add_argument(
+        "--malloc-trim-s",
+        type=float,
+        default=d.malloc_trim_s,
+        help="give freed memory back to the system once no request has run for this many "
+        "seconds (0: never)",
+    )
+    p.add_argument(
+        "--kernel-cache",
+        type=int,
+        default=d.kernel_cache,
+        help="compiled CPU matmul kernels kept, one per shape, about 1 MB each (oneDNN's and "
+        "PyTorch's caches; 0: their default of 1024); ONEDNN_PRIMITIVE_CACHE_CAPACITY and "
+        "LRU_CACHE_CAPACITY, when set, win",
+    )
+    p.add_argument(
+        "--score-token-budget",
+        type=int,
+        default=d.score_token_budget,
+        help="tokens in one micro-batch of /v1/score: bounds the memory a long request takes",
     )
     p.add_argument(
         "--drift-webhook",
@@ -276,6 +336,10 @@ def add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 def run_serve(args: argparse.Namespace) -> None:
     """Build the settings from parsed flags and serve."""
+    from livelm.model import cache_root
+    from livelm.server.auth import load_api_keys
+    from livelm.source.sotu import write_sotu_stream
+
     if args.demo and args.feed is not None:
         raise ValueError("--demo feeds the State of the Union stream; drop --feed or --demo")
     if args.follow is not None and (args.demo or args.feed is not None):
@@ -311,7 +375,10 @@ def run_serve(args: argparse.Namespace) -> None:
         feed_every=every or 1,
         feed_backlog=args.feed_backlog,
         api_keys=load_api_keys(
-            args.api_key_read, args.api_key_write, args.api_keys_file, os.environ.get(ENV_VAR)
+            args.api_key_read,
+            args.api_key_write,
+            args.api_keys_file,
+            os.environ.get(API_KEYS_ENV_VAR),
         ),
         max_request_bytes=args.max_request_bytes,
         max_documents_per_request=args.max_documents_per_request,
@@ -320,8 +387,15 @@ def run_serve(args: argparse.Namespace) -> None:
         max_score_tokens=args.max_score_tokens,
         body_timeout_s=args.body_timeout_s,
         max_inflight=args.max_inflight,
+        max_batch=args.max_batch,
         yield_quiet_s=args.yield_quiet_s,
         yield_max_s=args.yield_max_s,
+        learner_share=args.learner_share,
+        malloc_arenas=args.malloc_arenas,
+        malloc_mmap_threshold=args.malloc_mmap_threshold,
+        malloc_trim_s=args.malloc_trim_s,
+        kernel_cache=args.kernel_cache,
+        score_token_budget=args.score_token_budget,
         drift_webhook=args.drift_webhook,
     )
     serve(settings, host=args.host, port=args.port, quiet=args.quiet)

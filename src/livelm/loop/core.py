@@ -239,6 +239,7 @@ class LearningLoop:
 
     def _run(self) -> None:
         idle_since = time.monotonic()
+        previous_read = 0.0
         while True:
             taken = self._take()
             with self._lock:
@@ -246,7 +247,11 @@ class LearningLoop:
                 # A step sized in tokens may leave some of what was taken for the next one.
                 n = step_size(self.learner.config, [e.tokens for e in encoded]) if taken else 0
                 self._carry = taken[n:]
-                self._step(taken[:n], encoded[:n])
+                try:
+                    self._step(taken[:n], encoded[:n])
+                finally:
+                    if self.gate is not None:
+                        self.gate.end_turn()
                 held = [x.key for x in self.pending.learned] + [t.key for t in self._carry]
                 if held:
                     self._retry("hold documents", partial(self.feed.hold, held))
@@ -260,17 +265,24 @@ class LearningLoop:
                 self.pending.steps += 1
             plan = self._plan(read, pending, now - idle_since)
             if plan.publish and self.gate is not None and not plan.stop:
-                # A publish (canary scores, a write, a copy) cannot be interrupted either.
-                turn = self.gate.wait_turn()
+                # A publish (canary scores, a write, a copy) cannot be interrupted either. One
+                # that makes the last step live follows it at once: a pause between them would
+                # only add to every document's freshness (the gate charges it all the same).
+                turn = self.gate.wait_turn(follow_on=bool(read or previous_read))
                 if self.metrics is not None:
                     self.metrics.yielded.inc(turn.waited)
             with self._lock:
-                if plan.follow is not None:
-                    self._follow(plan.follow)
-                elif plan.publish:
-                    self._publish()
+                try:
+                    if plan.follow is not None:
+                        self._follow(plan.follow)
+                    elif plan.publish:
+                        self._publish()
+                finally:
+                    if self.gate is not None:
+                        self.gate.end_turn()
             if plan.stop:
                 return
+            previous_read = read
 
     def _take(self) -> list[Taken]:
         """The documents of the next step: those left from the last one, then new ones."""
@@ -282,12 +294,11 @@ class LearningLoop:
             return taken
         size = self.per_step
         if self.gate is not None:
+            # A full step even while requests come: the gate's share bounds the time the
+            # learner takes from them, and what is learned does not depend on the traffic.
             turn = self.gate.wait_turn()
             if self.metrics is not None:
                 self.metrics.yielded.inc(turn.waited)
-            # While requests come, one document: a step cannot be interrupted, and a short one
-            # keeps a request that arrives during it waiting less.
-            size = 1 if turn.contended else size
         if len(taken) >= size:
             return taken
         block_ms = self.settings.block_ms if waiting else 0

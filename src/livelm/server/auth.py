@@ -14,9 +14,7 @@ from pathlib import Path
 from fastapi import Request
 
 from livelm.server.errors import AuthenticationError, PermissionDeniedError
-from livelm.server.settings import ApiKey, Scope, ServerSettings
-
-ENV_VAR = "LIVELM_API_KEYS"
+from livelm.server.settings import API_KEYS_ENV_VAR, ApiKey, Scope, ServerSettings
 
 
 def _parse_entry(entry: str, where: str) -> ApiKey:
@@ -52,7 +50,7 @@ def load_api_keys(
             if line:
                 keys.append(_parse_entry(line, f"{keys_file}:{number}"))
     if env:
-        keys += [_parse_entry(e, ENV_VAR) for e in env.split(",") if e.strip()]
+        keys += [_parse_entry(e, API_KEYS_ENV_VAR) for e in env.split(",") if e.strip()]
     return tuple(keys)
 
 

@@ -86,7 +86,7 @@ class Follower:
         if manifest.kind == "lora":
             if self.autocast is not None:
                 self.base.to(self.autocast)  # type: ignore[arg-type]  # as the learner did
-            # Trainable, so that each serving copy owns its adapters (see `serving_copy`).
+            # Trainable, as the learner's: a serving copy folds them in (see `serving_copy`).
             model = PeftModel.from_pretrained(self.base, directory, is_trainable=True)
             if self.autocast is not None:
                 skip_adapter_input_cast(model)
@@ -104,7 +104,7 @@ class Follower:
             directory = self.store.path(version)
             model = self._model_for(manifest, directory)
             load_weights(model, directory)
-            return ServingVersion(manifest, serving_copy(model), self.autocast)
+            return ServingVersion(manifest, serving_copy(model, self.autocast))
 
     def _load(self, version: int) -> None:
         with self._lock:  # held on: the last version loaded is the last to go live

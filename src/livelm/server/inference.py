@@ -2,28 +2,27 @@
 
 Scores use the learner's encoding (a boundary token, then the text in window-sized chunks) and
 its loss (mean next-token cross-entropy, nats per token), so a document's score here is the
-score the learner would give it under the same weights. Generation runs transformers' `generate`
-in a worker thread that streams token ids back; the caller reads text pieces as they come.
+score the learner would give it under the same weights. Generation runs in the process's
+engine (`livelm.server.engine`), batched with the other requests' generations; the engine
+streams token ids back, and the caller reads text pieces as they come.
 """
 
 from __future__ import annotations
 
 import math
-import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
-from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
-from transformers.generation.streamers import BaseStreamer
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from livelm.document import Document
 from livelm.learner import DocScore, EncodedDocument, Encoder
 from livelm.learner.packing import pack, token_nll
-from livelm.server.gate import PriorityGate
+from livelm.server.engine import END, Engine
+from livelm.server.engine import Sampling as Sampling  # the routes' import
 from livelm.server.versions import ServingVersion
 
 
@@ -120,9 +119,9 @@ def score_documents(
     """
     chunks = [c for d in docs for c in d.chunks]
     owner_doc = torch.tensor([i for i, d in enumerate(docs) for _ in d.chunks], dtype=torch.long)
-    device = next(version.model.parameters()).device
+    device = version.device
     sums = torch.zeros(len(docs), device=device)
-    with torch.inference_mode(), version.autocast():
+    with torch.inference_mode():
         for batch in pack(chunks, row_tokens, token_budget, pad_id):
             if cancelled():
                 raise Cancelled
@@ -136,20 +135,6 @@ def score_documents(
     ]
 
 
-# A temperature below this decodes greedily, as vLLM's do: logits divided by a subnormal
-# temperature (1e-39) overflow to inf, and sampling from those fails; none of it differs from
-# greedy decoding in any text.
-GREEDY_BELOW = 1e-5
-
-
-@dataclass(frozen=True)
-class Sampling:
-    max_tokens: int = 16
-    temperature: float = 1.0  # below GREEDY_BELOW (0): greedy
-    top_p: float = 1.0
-    stop: tuple[str, ...] = ()
-
-
 FinishReason = Literal["stop", "length"]
 
 
@@ -161,56 +146,19 @@ class Piece:
     finish_reason: FinishReason | None = None
 
 
-_END = object()
-
-
-class _TokenQueue(BaseStreamer):
-    """Receives generate's new token ids (the first `put` is the prompt, skipped)."""
-
-    def __init__(self, out: queue.SimpleQueue[Any], on_tokens: Callable[[int], None]) -> None:
-        self.out = out
-        self.on_tokens = on_tokens
-        self.prompt_seen = False
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self.prompt_seen:
-            self.prompt_seen = True
-            return
-        tokens = value.reshape(-1).tolist()
-        self.on_tokens(len(tokens))
-        for token in tokens:
-            self.out.put(int(token))
-
-    def end(self) -> None:
-        """The worker posts the end itself, after generate returns or fails."""
-
-
-class _Cancelled(StoppingCriteria):
-    def __init__(self, flag: threading.Event) -> None:
-        self.flag = flag
-
-    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
-        done = torch.full((input_ids.shape[0],), self.flag.is_set(), dtype=torch.bool)
-        return done  # type: ignore[return-value]  # BoolTensor is a typing alias only
-
-
 class Generation:
-    """A generation running in its own thread; iterate it for `Piece`s.
+    """A generation running in the engine; iterate it for `Piece`s.
 
-    The worker holds a serving slot of the gate for its whole run, so the learner yields to
-    it, and releases it however the run ends. `cancel()` (a client gone, a stop string seen)
-    ends it at the next token.
+    `cancel()` (a client gone, a stop string seen) ends it at the engine's next step.
     """
 
     def __init__(
         self,
+        engine: Engine,
         version: ServingVersion,
         codec: Codec,
         prompt_ids: list[int],
         sampling: Sampling,
-        gate: PriorityGate,
-        eos_ids: Sequence[int],
-        pad_id: int,
         on_tokens: Callable[[int], None] = _ignore,
     ) -> None:
         self.version = version
@@ -218,49 +166,12 @@ class Generation:
         self.completion_tokens = 0
         self._codec = codec
         self._sampling = sampling
-        self._eos = set(eos_ids)
-        self._tokens: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._cancel = threading.Event()
-        greedy = sampling.temperature < GREEDY_BELOW
-        config = GenerationConfig(
-            max_new_tokens=sampling.max_tokens,
-            do_sample=not greedy,
-            temperature=None if greedy else sampling.temperature,
-            top_p=None if greedy else sampling.top_p,
-            top_k=None if greedy else 0,
-            eos_token_id=list(eos_ids),
-            pad_token_id=pad_id,
-        )
-        device = next(version.model.parameters()).device
-        ids = torch.tensor([prompt_ids], device=device)
-        streamer = _TokenQueue(self._tokens, on_tokens)
-        stopping = StoppingCriteriaList([_Cancelled(self._cancel)])
-
-        def run() -> object:
-            return version.model.generate(  # type: ignore[operator]
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                generation_config=config,
-                streamer=streamer,
-                stopping_criteria=stopping,
-            )
-
-        self._worker = threading.Thread(
-            target=self._work, args=(run, gate), name="livelm-generate", daemon=True
-        )
-        self._worker.start()
-
-    def _work(self, run: Callable[[], object], gate: PriorityGate) -> None:
-        try:
-            with gate.serving(), torch.inference_mode(), self.version.autocast():
-                run()
-        except BaseException as e:  # handed to the reader, which raises it
-            self._tokens.put(e)
-        finally:
-            self._tokens.put(_END)
+        self._eos = set(engine.eos_ids)
+        self._sequence = engine.submit(version, prompt_ids, sampling, on_tokens)
+        self._tokens = self._sequence.tokens
 
     def cancel(self) -> None:
-        self._cancel.set()
+        self._sequence.cancel()
 
     def __iter__(self) -> Iterator[Piece]:
         stops = self._sampling.stop
@@ -272,7 +183,7 @@ class Generation:
         try:
             while True:
                 item = self._tokens.get()
-                if item is _END:
+                if item is END:
                     break
                 if isinstance(item, BaseException):
                     raise item

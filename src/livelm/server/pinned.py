@@ -2,11 +2,19 @@
 
 A request names a version in its `model` field (`livelm` or nothing: the live one). The live
 version is always in memory; another is loaded from the store on demand into a serving copy
-made as the live ones are (its weights loaded into a model shaped as the learner's, then
-`serving_copy`), and kept in a small LRU, so that an A/B test or a reproducible answer costs a
-load once, and memory stays bounded: for LoRA, one adapter copy per version kept (for a full-
-weight learner, a model copy each). A request holding a version keeps it to its end, evicted or
-not, as it keeps a live version that a newer one replaced.
+made exactly as the live ones are (its weights loaded into a model shaped as the learner's, then
+`serving_copy`: LoRA folded into the projections, in the serving dtype), and kept in a small LRU.
+
+Pinned versions are merged too, not served as adapters on the shared base: a pinned version
+then runs at the live version's speed (an A/B test compares answers, not two code paths), and
+it answers with the very weights it answered with when it was live, bit for bit, which is what
+pinning is for (reproducible answers); adapters on the base would agree only to bf16 rounding.
+The price is memory: each version held costs its merged projections (about 210 MB in bf16 for
+SmolLM2-135M with every linear adapted; a full-weight learner's, a model in the serving dtype),
+so the LRU is small (`--pinned-versions`, 2 by default; 0 merges one for each request), and an
+A/B test or a reproducible answer costs one load and one merge (0.2 s of CPU for SmolLM2-135M).
+A request holding a version keeps it to its end, evicted or not, as it keeps a live version
+that a newer one replaced.
 
 Loading runs in the request's worker thread; requests that want the same version at the same
 time wait for one load. Loads are serialized (one model to load into), so at most one copy
@@ -69,12 +77,13 @@ class VersionLoader:
     Made from the learner's model between learning steps (the loop calls `on_live` under its
     lock). For LoRA the private model is a copy of the adapters (the frozen base is shared),
     made then; for a full-weight learner it is a copy of the whole model, made on first use
-    from a live serving copy (which nothing writes), so that a server nobody asks for an older
-    version never pays for it.
+    from a live serving copy (which nothing writes; in the serving dtype, as what is loaded
+    into it will be served), so that a server nobody asks for an older version never pays for
+    it. `dtype` is the serving dtype (the learner's autocast dtype; None: fp32).
     """
 
-    def __init__(self, source: torch.nn.Module, autocast: torch.dtype | None) -> None:
-        self.autocast = autocast
+    def __init__(self, source: torch.nn.Module, dtype: torch.dtype | None) -> None:
+        self.dtype = dtype
         # The learner's frozen tensors: shared by every copy, never written.
         self._shared = {id(p): p for p in source.parameters() if not p.requires_grad}
         self._scratch = _owned_copy(source, self._shared) if isinstance(source, PeftModel) else None
@@ -85,7 +94,7 @@ class VersionLoader:
             if self._scratch is None:
                 self._scratch = _owned_copy(live.model, self._shared)
             load_weights(self._scratch, directory)
-            return ServingVersion(manifest, serving_copy(self._scratch), self.autocast)
+            return ServingVersion(manifest, serving_copy(self._scratch, self.dtype))
 
 
 def _owned_copy(model: torch.nn.Module, shared: dict[int, torch.nn.Parameter]) -> torch.nn.Module:

@@ -20,11 +20,13 @@ from livelm.learner import DocScore, EncodedDocument
 from livelm.loop import LearningLoop, LoopSettings, QueueFeed, canary_documents
 from livelm.model import autocast_dtype_for, load_model
 from livelm.policy import build_learner
+from livelm.server.engine import Engine
 from livelm.server.errors import ApiError, NotReadyError
 from livelm.server.feeder import Feeder
 from livelm.server.follower import Follower
 from livelm.server.gate import PriorityGate
 from livelm.server.inference import Codec, Generation, Sampling, score_documents
+from livelm.server.memory import Trimmer
 from livelm.server.metrics import Metrics
 from livelm.server.monitoring import Monitor, WatchedGuard
 from livelm.server.pinned import VersionLoader, VersionModels
@@ -80,13 +82,17 @@ class Runtime:
             else self.codec.encoder.boundary
         )
         self.eos_ids = _eos_ids(loaded.model, loaded.tokenizer.eos_token_id)
-        self.token_budget = config.token_budget
+        self.token_budget = min(config.token_budget, settings.score_token_budget)  # /v1/score
         self.row_tokens = config.row_tokens
         self.gate = PriorityGate(
             max_inflight=settings.max_inflight,
             quiet_s=settings.yield_quiet_s,
             max_wait_s=settings.yield_max_s,
+            share=settings.learner_share,
         )
+        self.trimmer = Trimmer(self.gate, settings.malloc_trim_s)
+        # One thread decodes every generation, batched (see livelm.server.engine).
+        self.engine = Engine(self.gate, self.eos_ids, settings.max_batch)
         self._live: ServingVersion | None = None
         self._loader: VersionLoader | None = None  # made with the first live version
         # What the learner sees as it learns (/v1/monitor); drift events also go to the webhook.
@@ -161,6 +167,7 @@ class Runtime:
         )
 
     def start(self) -> None:
+        self.trimmer.start()
         self.learner.start()
         if self.feeder is not None:
             self.feeder.start()
@@ -169,11 +176,13 @@ class Runtime:
         if self.feeder is not None:
             self.feeder.stop()
         self.learner.stop()
+        self.engine.close()
         if self.queue is not None:
             self.queue.close()
         if self.stream is not None:
             self.stream.close()
         self.monitor.close()
+        self.trimmer.stop()
         if self._lock_file is not None:
             self._lock_file.close()
 
@@ -185,10 +194,10 @@ class Runtime:
         assert isinstance(self.learner, LearningLoop)
         model = self.learner.learner.model
         device = next(model.parameters()).device
-        autocast = autocast_dtype_for(device, self.settings.learner_config.precision)
+        dtype = autocast_dtype_for(device, self.settings.learner_config.precision)
         if self._loader is None:  # at bootstrap: the loader copies the learner's shape
-            self._loader = VersionLoader(model, autocast)
-        self._set_live(ServingVersion(manifest, serving_copy(model), autocast))
+            self._loader = VersionLoader(model, dtype)
+        self._set_live(ServingVersion(manifest, serving_copy(model, dtype)))
 
     def _set_live(self, version: ServingVersion) -> None:
         # One reference swap: a request reads `live` once and keeps that version to its end.
@@ -313,13 +322,11 @@ class Runtime:
         self, prompt_ids: list[int], sampling: Sampling, version: ServingVersion
     ) -> Generation:
         return Generation(
+            self.engine,
             version,
             self.codec,
             prompt_ids,
             sampling,
-            self.gate,
-            self.eos_ids,
-            self.pad_id,
             on_tokens=self.metrics.served_tokens.labels(kind="generated").inc,
         )
 

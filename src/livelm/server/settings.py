@@ -17,6 +17,7 @@ from livelm.policy import PolicyConfig, Strategy, parse_strategy
 from livelm.server.webhook import check_webhook_url
 
 Scope = Literal["read", "write"]
+API_KEYS_ENV_VAR = "LIVELM_API_KEYS"  # read:KEY,write:KEY entries (`livelm.server.auth`)
 
 
 @dataclass(frozen=True)
@@ -97,16 +98,44 @@ class ServerSettings:
     # one gets a 408 and its connection closed, so a stalled upload does not hold a worker.
     body_timeout_s: float = 30.0
     # Serving first: at most this many model requests run at once; the learner starts a step
-    # only after no request has run for `yield_quiet_s`, or once it has waited `yield_max_s`.
+    # after no request has run for `yield_quiet_s`, or, under a steady load, when its share is
+    # due (its steps then take `learner_share` of the time, beside the requests: see
+    # livelm.server.gate), or once it has waited `yield_max_s`.
     max_inflight: int = 2
+    # Generations run batched in one engine (livelm.server.engine), which takes one of the
+    # `max_inflight` slots while it runs: at most this many sequences share its decode steps,
+    # the others wait for a place.
+    max_batch: int = 8
     yield_quiet_s: float = 0.02
     yield_max_s: float = 5.0
+    learner_share: float = 0.5
+    # Memory (livelm.server.memory): at most this many malloc arenas (0: glibc's default, eight
+    # per core); blocks of this many bytes or more mapped for themselves, so that freeing one
+    # gives it back (0: glibc's threshold, which rises to 32 MB); freed memory given back once
+    # no request has run for this many seconds (0: never); at most this many compiled CPU
+    # matmul kernels cached, one per shape, about 1 MB each (0: oneDNN's 1024).
+    malloc_arenas: int = 2
+    malloc_mmap_threshold: int = 1 << 20
+    malloc_trim_s: float = 1.0
+    kernel_cache: int = 128
+    # Tokens in one micro-batch of /v1/score: its logits over the vocabulary (bf16, their fp32
+    # copy and its log-softmax) take about 0.5 MB a token for a 49k vocabulary, so the learner's
+    # 2,048-token micro-batches would hold 1 GB for a moment; a longer chunk (up to the learner's
+    # max_tokens) still gets a micro-batch of its own.
+    score_token_budget: int = 512
     # Monitoring (/v1/monitor): each drift event is POSTed as JSON to this URL (needs a strategy
     # with a detector); the newest `monitor_docs` documents are ranked by surprise, and terms
     # emerge in the newest `trend_docs` against the documents before them.
     drift_webhook: str | None = field(default=None, repr=False)  # its URL may hold a token
     monitor_docs: int = 1000
     trend_docs: int = 300
+    # /v1/recommend (livelm.recommend): at most this many history items and candidates in one
+    # request; without candidates it ranks the newest `recommend_candidates` learned documents,
+    # and TF-IDF's document frequencies come from the newest `recommend_idf_docs` of them.
+    recommend_max_history: int = 32
+    recommend_max_candidates: int = 100
+    recommend_candidates: int = 50
+    recommend_idf_docs: int = 1000
 
     def __post_init__(self) -> None:
         if isinstance(self.strategy, str):
@@ -131,15 +160,37 @@ class ServerSettings:
             "--max-score-tokens": self.max_score_tokens,
             "--body-timeout-s": self.body_timeout_s,
             "--max-inflight": self.max_inflight,
+            "--max-batch": self.max_batch,
+            "--score-token-budget": self.score_token_budget,
+            "recommend_max_history": self.recommend_max_history,
+            "recommend_max_candidates": self.recommend_max_candidates,
+            "recommend_candidates": self.recommend_candidates,
+            "recommend_idf_docs": self.recommend_idf_docs,
             "--yield-max-s": self.yield_max_s,
         }
         for flag, value in positive.items():
             if not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"{flag} must be a positive number, not {value}")
+        if self.malloc_arenas < 0:
+            raise ValueError(f"--malloc-arenas must be at least 0, not {self.malloc_arenas}")
+        if not (0 <= self.malloc_mmap_threshold <= 32 << 20):
+            raise ValueError(
+                "--malloc-mmap-threshold must lie in [0, 33554432] bytes (glibc's limit), not "
+                f"{self.malloc_mmap_threshold}"
+            )
+        if self.kernel_cache < 0:
+            raise ValueError(f"--kernel-cache must be at least 0, not {self.kernel_cache}")
+        if not (0 <= self.malloc_trim_s < math.inf):
+            raise ValueError(f"--malloc-trim-s must be seconds >= 0, not {self.malloc_trim_s}")
         if self.pinned_versions < 0:
             raise ValueError(f"--pinned-versions must be at least 0, not {self.pinned_versions}")
         if not (0 <= self.lock_wait_s < math.inf):
             raise ValueError(f"--lock-wait must be seconds >= 0, not {self.lock_wait_s}")
+        if not (0 <= self.learner_share <= 1):
+            raise ValueError(
+                f"--learner-share must lie in [0, 1] (0: only quiet moments), not "
+                f"{self.learner_share}"
+            )
         if not (0 <= self.yield_quiet_s <= self.yield_max_s):
             raise ValueError(
                 f"--yield-quiet-s must lie in [0, --yield-max-s], not {self.yield_quiet_s}"
@@ -183,5 +234,5 @@ class ServerSettings:
         if not self.authenticated and not is_loopback(host):
             raise ValueError(
                 f"--host {host}: refusing to serve beyond localhost without API keys; set "
-                "--api-key-read/--api-key-write, --api-keys-file or LIVELM_API_KEYS"
+                f"--api-key-read/--api-key-write, --api-keys-file or {API_KEYS_ENV_VAR}"
             )

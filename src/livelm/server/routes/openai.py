@@ -142,7 +142,8 @@ async def _generate_all(
     version: ServingVersion,
     route: str,
 ) -> list[tuple[str, FinishReason, Generation]]:
-    """Each prompt's generation, one after another; all stop when the client disconnects."""
+    """Each prompt's generation, all started at once (the engine batches them); all stop when
+    the client disconnects."""
     running: list[Generation] = []
 
     def stop() -> None:
@@ -151,15 +152,18 @@ async def _generate_all(
 
     def work(gone: threading.Event) -> list[tuple[str, FinishReason, Generation]]:
         done = []
-        for ids in prompts:
-            generation = runtime.generate(ids, sampling, version)
-            running.append(generation)
-            if gone.is_set():  # the client left before `stop` could see this one
-                generation.cancel()
-            text, reason = _run(generation)
-            if gone.is_set():
-                raise Cancelled
-            done.append((text, reason, generation))
+        try:
+            for ids in prompts:
+                running.append(runtime.generate(ids, sampling, version))
+            if gone.is_set():  # the client left before `stop` could see them
+                stop()
+            for generation in running:
+                text, reason = _run(generation)
+                if gone.is_set():
+                    raise Cancelled
+                done.append((text, reason, generation))
+        finally:
+            stop()  # a failure ends the others too (a finished one ignores it)
         return done
 
     return await run_cancellable(request, work, runtime.metrics, route, stop=stop)
@@ -195,6 +199,8 @@ async def completions(
     if body.stream:
 
         async def events() -> AsyncIterator[str]:
+            # One after another: a stream sees its client gone only when it writes, so the
+            # prompts not yet streamed cost nothing if it has left.
             for index, ids in enumerate(prompts):
                 async for piece in _pieces(runtime.generate(ids, sampling, version)):
                     yield _event(chunk(index, piece.text, piece.finish_reason))
