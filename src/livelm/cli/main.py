@@ -65,6 +65,14 @@ COMMANDS: dict[str, _Command] = {
         "Add the documents of a stream file (or stdin) to a Redis stream for `livelm learn`.",
         "livelm ingest news.jsonl --to 'redis://localhost:6379/0?stream=docs'",
     ),
+    "recommend": _Command(
+        "rank candidate documents for a reader's history (offline, on files)",
+        "Rank the documents of --candidates for a reader who read those of --history (oldest "
+        "first) with the model (pointwise mutual information, pooled hidden states), TF-IDF or "
+        "a fusion of them, and write one JSON line per candidate, best first, with its score "
+        "and the history items that raised it.",
+        "livelm recommend --history read.jsonl --candidates today.jsonl --top-k 10",
+    ),
 }
 
 
@@ -108,12 +116,19 @@ def _add_learn_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     add_learn_parsers(sub)
 
 
+def _add_recommend_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from livelm.cli.recommend import add_recommend_parser
+
+    add_recommend_parser(sub)
+
+
 _BUILDERS: dict[str, Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = {
     "replay": _add_replay_parsers,
     "demo": _add_replay_parsers,
     "serve": _add_serve_parser,
     "learn": _add_learn_parsers,
     "ingest": _add_learn_parsers,
+    "recommend": _add_recommend_parser,
 }
 
 
@@ -223,11 +238,15 @@ def _run(args: argparse.Namespace, argv: Sequence[str]) -> None:
         from livelm.cli.learn import run_ingest
 
         run_ingest(args)
+    elif args.command == "recommend":
+        from livelm.cli.recommend import run_recommend
+
+        run_recommend(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    _quiet_third_party()  # before a command's parser imports transformers
+    _quiet_third_party()  # before a command imports transformers
     args = _parser(_named_command(argv)).parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,

@@ -19,7 +19,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from livelm import __version__
 from livelm.server.errors import error_body, install_error_handlers, unhandled_error
 from livelm.server.metrics import Metrics
-from livelm.server.routes import dashboard, documents, health, monitor, openai, snapshots
+from livelm.server.routes import (
+    dashboard,
+    documents,
+    health,
+    monitor,
+    openai,
+    recommend,
+    snapshots,
+)
 from livelm.server.runtime import Runtime
 from livelm.server.settings import ServerSettings
 
@@ -161,6 +169,6 @@ def create_app(settings: ServerSettings) -> FastAPI:
     )
     app.add_middleware(_Unhandled)
     app.add_middleware(_RequestMetrics, metrics=metrics)
-    for module in (openai, documents, snapshots, monitor, health, dashboard):
+    for module in (openai, documents, recommend, snapshots, monitor, health, dashboard):
         app.include_router(module.router)
     return app

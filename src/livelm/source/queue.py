@@ -267,6 +267,36 @@ class DocumentQueue:
             ).fetchone()
         return None if row is None else DocumentStatus(*row)
 
+    def documents(self, ids: Iterable[str]) -> dict[str, Document]:
+        """The stored documents with these ids, in any state, by id (ids not stored are left
+        out): what `/v1/recommend` ranks when a request names documents by id."""
+        wanted = list(dict.fromkeys(ids))
+        found: dict[str, Document] = {}
+        with self._lock:
+            for start in range(0, len(wanted), 500):  # SQLite's bound-parameter limit
+                part = wanted[start : start + 500]
+                rows = self._db.execute(
+                    "SELECT id, text, time, meta FROM documents "
+                    f"WHERE id IN ({', '.join('?' * len(part))})",
+                    part,
+                ).fetchall()
+                for doc_id, text, t, meta in rows:
+                    found[doc_id] = Document(text=text, id=doc_id, time=t, meta=json.loads(meta))
+        return found
+
+    def newest(self, limit: int, state: State = "learned") -> list[Document]:
+        """The last `limit` documents in `state`, newest first (by stream position)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, text, time, meta FROM documents WHERE state = ? "
+                "ORDER BY seq DESC LIMIT ?",
+                (state, limit),
+            ).fetchall()
+        return [
+            Document(text=text, id=doc_id, time=t, meta=json.loads(meta))
+            for doc_id, text, t, meta in rows
+        ]
+
     def counts(self) -> dict[State, int]:
         """Documents per state."""
         with self._lock:
