@@ -16,6 +16,11 @@ import torch
 import torch.nn.functional as F
 
 
+class Cancelled(Exception):
+    """Scoring stopped because its caller asked it to (a client gone): raised between packed
+    micro-batches by the server's scoring and by `livelm.recommend`."""
+
+
 @dataclass(frozen=True)
 class PackedBatch:
     """A micro-batch of packed rows.

@@ -22,14 +22,16 @@ from livelm.recommend.config import (
 )
 
 if TYPE_CHECKING:
+    from livelm.learner.packing import Cancelled
     from livelm.recommend.ranking import Evidence, Ranked, Ranker, Signals
-    from livelm.recommend.scoring import Cancelled, Scorer, TextStats
+    from livelm.recommend.scoring import Scorer, TextStats
 
 __getattr__ = lazy_names(
     __name__,
     {
         "livelm.recommend.ranking": ("Evidence", "Ranked", "Ranker", "Signals"),
-        "livelm.recommend.scoring": ("Cancelled", "Scorer", "TextStats"),
+        "livelm.learner.packing": ("Cancelled",),  # shared with the server's scoring
+        "livelm.recommend.scoring": ("Scorer", "TextStats"),
     },
 )
 

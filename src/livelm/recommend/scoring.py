@@ -28,11 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from livelm.learner.packing import _plain_head, pack
-
-
-class Cancelled(Exception):
-    """The caller asked the work to stop (its client went away)."""
+from livelm.learner.packing import Cancelled, _plain_head, pack
 
 
 @dataclass(frozen=True)

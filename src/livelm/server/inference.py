@@ -20,7 +20,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from livelm.document import Document
 from livelm.learner import DocScore, EncodedDocument, Encoder
-from livelm.learner.packing import pack, token_nll
+from livelm.learner.packing import Cancelled, pack, token_nll
 from livelm.server.engine import END, Engine
 from livelm.server.engine import Sampling as Sampling  # the routes' import
 from livelm.server.versions import ServingVersion
@@ -65,10 +65,6 @@ class Codec:
             return str(rendered)
         lines = [f"{m['role']}: {m['content']}" for m in messages]
         return "\n".join([*lines, "assistant:"])
-
-
-class Cancelled(Exception):
-    """The work stopped because its client went away."""
 
 
 def _never() -> bool:

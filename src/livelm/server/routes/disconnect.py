@@ -15,8 +15,8 @@ from typing import TypeVar
 import anyio
 from fastapi import Request
 
+from livelm.learner.packing import Cancelled
 from livelm.server.errors import ClientGone
-from livelm.server.inference import Cancelled
 from livelm.server.metrics import Metrics
 
 T = TypeVar("T")

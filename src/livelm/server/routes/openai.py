@@ -21,9 +21,10 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
+from livelm.learner.packing import Cancelled
 from livelm.server.deps import READ, LimitError, RuntimeDep, SettingsDep
 from livelm.server.errors import error_body
-from livelm.server.inference import Cancelled, FinishReason, Generation, Piece, Sampling
+from livelm.server.inference import FinishReason, Generation, Piece, Sampling
 from livelm.server.routes.disconnect import run_cancellable
 from livelm.server.runtime import Runtime
 from livelm.server.schemas.openai import (

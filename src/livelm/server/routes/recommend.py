@@ -30,9 +30,6 @@ from fastapi import APIRouter, Request, Response
 
 from livelm.document import Document
 from livelm.recommend import (
-    Cancelled as ScoringCancelled,
-)
-from livelm.recommend import (
     Ranked,
     Ranker,
     RecommendError,
@@ -42,7 +39,6 @@ from livelm.recommend import (
 )
 from livelm.server.deps import READ, LimitError, RuntimeDep, SettingsDep
 from livelm.server.errors import ApiError, NotFoundError, TooLargeError
-from livelm.server.inference import Cancelled
 from livelm.server.routes.disconnect import run_cancellable
 from livelm.server.runtime import Runtime
 from livelm.server.schemas.recommend import (
@@ -212,19 +208,16 @@ async def recommend(
 
     def work(gone: threading.Event) -> list[Ranked]:
         scorer.cancelled = gone.is_set
-        try:
-            with runtime.gate.serving():
-                return ranker.recommend(
-                    history,
-                    candidates,
-                    method=method,
-                    top_k=body.top_k,
-                    explain=body.why,
-                    corpus=corpus,
-                    seed=body.seed,
-                )
-        except ScoringCancelled:
-            raise Cancelled from None
+        with runtime.gate.serving():
+            return ranker.recommend(
+                history,
+                candidates,
+                method=method,
+                top_k=body.top_k,
+                explain=body.why,
+                corpus=corpus,
+                seed=body.seed,
+            )
 
     ranked = await run_cancellable(request, work, runtime.metrics, "recommend")
     response.headers["X-Livelm-Version"] = str(version.number)
@@ -293,11 +286,8 @@ async def embeddings(
 
     def work(gone: threading.Event) -> np.ndarray:
         scorer.cancelled = gone.is_set
-        try:
-            with runtime.gate.serving():
-                return scorer.embed(ids).numpy()
-        except ScoringCancelled:
-            raise Cancelled from None
+        with runtime.gate.serving():
+            return scorer.embed(ids).numpy()
 
     vectors = await run_cancellable(request, work, runtime.metrics, "embeddings")
     response.headers["X-Livelm-Version"] = str(version.number)
