@@ -25,13 +25,11 @@ from tests.server_util import request_held, tiny_settings, wait_done
 glibc = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
 
 # Eight threads allocate at once, then the script counts malloc's arenas (`malloc_info`).
-# `memory` is livelm.server.memory (see `_run`).
+# `memory` is livelm.server.memory, `libc` glibc with malloc and free typed, `rss()` the
+# resident set in MB: every script starts with them (`_run`).
 ARENAS = """
-import ctypes, os, sys, tempfile, threading
+import os, sys, tempfile, threading
 capped = memory.tune_malloc(int(sys.argv[1]), 0) == ["MALLOC_ARENA_MAX"]
-libc = ctypes.CDLL("libc.so.6")
-libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
-libc.free.argtypes = [ctypes.c_void_p]
 barrier = threading.Barrier(8)
 def work():
     barrier.wait()
@@ -53,14 +51,8 @@ print(capped, open(path).read().count("<heap nr="))
 # An 8 MB block freed (glibc raises its mmap threshold to 8 MB), then 100 blocks of 2 MB, touched,
 # all freed but the last; the resident set growth, in MB, from before the 2 MB blocks.
 LARGE_BLOCKS = """
-import ctypes, sys
+import sys
 memory.tune_malloc(0, int(sys.argv[1]))
-libc = ctypes.CDLL("libc.so.6")
-libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
-libc.free.argtypes = [ctypes.c_void_p]
-def rss():
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) // 1024 for line in f if line.startswith("VmRSS"))
 libc.free(libc.malloc(8 << 20))
 before = rss()
 blocks = [libc.malloc(2 << 20) for _ in range(100)]
@@ -75,13 +67,6 @@ print(rss() - before)
 # but the last, which keeps the heap from shrinking by itself; the resident set before and after
 # `trim()`.
 TRIM = """
-import ctypes
-libc = ctypes.CDLL("libc.so.6")
-libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
-libc.free.argtypes = [ctypes.c_void_p]
-def rss():
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) // 1024 for line in f if line.startswith("VmRSS"))
 blocks = [libc.malloc(100_000) for _ in range(2000)]
 for b in blocks:
     ctypes.memset(b, 1, 100_000)
@@ -100,9 +85,6 @@ import sys
 memory.cap_kernel_caches(int(sys.argv[1]))
 import torch
 import torch.nn.functional as F
-def rss():
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) // 1024 for line in f if line.startswith("VmRSS"))
 w = torch.randn(1536, 576).to(torch.bfloat16)
 F.linear(torch.randn(1, 576, dtype=torch.bfloat16), w)
 before = rss()
@@ -120,6 +102,13 @@ def _run(script: str, *args: str) -> list[str]:
         f"spec = importlib.util.spec_from_file_location('memory', {memory.__file__!r})\n"
         "memory = importlib.util.module_from_spec(spec)\n"
         "spec.loader.exec_module(memory)\n"
+        "import ctypes\n"
+        'libc = ctypes.CDLL("libc.so.6")\n'
+        "libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]\n"
+        "libc.free.argtypes = [ctypes.c_void_p]\n"
+        "def rss():\n"
+        "    with open('/proc/self/status') as f:\n"
+        "        return next(int(l.split()[1]) // 1024 for l in f if l.startswith('VmRSS'))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", load + script, *args],
