@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 from livelm.server import ApiKey, ServerSettings, create_app
 from livelm.server.webhook import WebhookSender
 from tests.server_util import TINY_LEARNER, tiny_settings, wait_done, wait_for
+from tests.streams_util import two_sources
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -225,19 +226,6 @@ SWITCH_AT = 100  # the stream turns from word salad into numbers here
 TOPICS = "the a storm market team city council bank vote rises falls after wins night"
 
 
-def two_sources(n: int) -> list[dict[str, str]]:
-    rng = random.Random(0)
-    words = TOPICS.split()
-    docs = []
-    for i in range(n):
-        if i < SWITCH_AT:
-            text = " ".join(rng.choice(words) for _ in range(rng.randint(8, 16))) + "."
-        else:
-            text = " ".join(str(rng.randint(0, 99999)) for _ in range(rng.randint(4, 8)))
-        docs.append({"id": f"d{i}", "text": text})
-    return docs
-
-
 def test_a_drift_reaches_the_webhook_and_the_monitor(tiny_model_dir: Path, tmp_path: Path) -> None:
     with receiver() as (url, received):
         settings = tiny_settings(
@@ -248,7 +236,9 @@ def test_a_drift_reaches_the_webhook_and_the_monitor(tiny_model_dir: Path, tmp_p
         )
         assert "secret" not in repr(settings)  # a webhook's token stays out of logs
         with TestClient(create_app(settings)) as client:
-            docs = two_sources(SWITCH_AT + 60)
+            docs = [
+                {"id": d.id, "text": d.text} for d in two_sources(SWITCH_AT + 60, SWITCH_AT, TOPICS)
+            ]
             client.post("/v1/documents", json={"documents": docs})
             wait_done(client, docs[-1]["id"], timeout=120)
             wait_for(lambda: received)

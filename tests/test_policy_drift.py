@@ -11,12 +11,12 @@ import random
 import pytest
 from scipy.stats import poisson
 
-from livelm.document import Document
 from livelm.learner import Learner, get_strategy
 from livelm.model import LoadedModel
 from livelm.policy import PolicyConfig, PolicyLearner
 from livelm.policy.drift import DETECTORS, Detector, DetectorConfig
 from livelm.policy.residual import spread
+from tests.streams_util import two_sources
 
 NAMES = sorted(DETECTORS)
 CHANGE_AT = 1000
@@ -227,20 +227,6 @@ def test_after_a_drift_the_trend_starts_over() -> None:
 TOPICS = "the a storm market team city council bank vote rises falls after wins night day"
 
 
-def two_sources(n: int) -> list[Document]:
-    """Word salad from a small vocabulary until `SWITCH_AT`, then runs of numbers."""
-    rng = random.Random(0)
-    words = TOPICS.split()
-    docs = []
-    for i in range(n):
-        if i < SWITCH_AT:
-            text = " ".join(rng.choice(words) for _ in range(rng.randint(8, 16))) + "."
-        else:
-            text = " ".join(str(rng.randint(0, 99999)) for _ in range(rng.randint(4, 8)))
-        docs.append(Document(text, id=f"d{i}"))
-    return docs
-
-
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("name", NAMES)
 def test_a_learner_reports_the_switch_on_the_document_that_showed_it(
@@ -249,7 +235,7 @@ def test_a_learner_reports_the_switch_on_the_document_that_showed_it(
     config = get_strategy("online").replace(precision="fp32", warmup_steps=4, max_docs_per_step=1)
     learner = Learner(copy.deepcopy(tiny.model), tiny.tokenizer, config)
     stepper = PolicyLearner(learner, PolicyConfig(detector=DetectorConfig.parse(name)))
-    docs = two_sources(SWITCH_AT + 60)
+    docs = two_sources(SWITCH_AT + 60, SWITCH_AT, TOPICS)
     losses = [s.loss for d in docs for s in stepper.step([stepper.encode(d)]).scores]
     assert sum(losses[:25]) / 25 > sum(losses[SWITCH_AT - 25 : SWITCH_AT]) / 25 + 1  # it learns
     fired = [e.index for e in stepper.drift_events]
