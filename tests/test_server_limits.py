@@ -161,9 +161,11 @@ def test_a_4mb_score_request_is_refused_before_any_model_work(client: TestClient
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`livelm serve` with one model slot, score requests of up to 4M tokens, a 1 s body time."""
+    """`livelm serve` with one model slot, one generation at a time, score requests of up to 4M
+    tokens, a 1 s body time."""
     tmp = tmp_path_factory.mktemp("limits-serve")
     flags = ["--max-score-tokens", "4000000", "--body-timeout-s", "1", "--max-inflight", "1"]
+    flags += ["--max-batch", "1"]
     model = ["--model", str(tiny_model_dir), "--data-dir", str(tmp / "data"), "--device", "cpu"]
     proc = ServeProcess([*model, *flags], tmp / "serve.log")
     try:
@@ -224,22 +226,17 @@ def test_scoring_stops_when_the_client_disconnects(server: str) -> None:
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
 def test_generation_stops_when_the_client_disconnects(server: str, stream: bool) -> None:
-    """A completion of 8 x 100 tokens waits for the one model slot behind a long score; its
-    client leaves; once the slot frees, its generation stops at once instead of running."""
+    """A completion of 8 x 100 tokens runs one sequence at a time (`--max-batch 1`), each
+    decode step after a micro-batch of a long score; its client leaves after a second; its
+    generation stops there instead of running on."""
     generated = _metric(server, "livelm_served_tokens", kind="generated")
     cancelled = _metric(server, "livelm_requests_cancelled", route="completions")
     scores_cancelled = _metric(server, "livelm_requests_cancelled", route="score")
     blocker = _big_score(server)
     body = {"model": "livelm", "prompt": ["Hi"] * 8, "max_tokens": 100, "stream": stream}
     sock = _post(server, "/v1/completions", json.dumps(body).encode())
-    time.sleep(1.0)  # the request reaches the model slot, and waits there
+    time.sleep(1.0)  # generating, one token a score micro-batch
     sock.close()
-    time.sleep(0.5)
-    blocker.close()
-    wait_for(
-        lambda: _metric(server, "livelm_requests_cancelled", route="score") > scores_cancelled,
-        timeout=20,
-    )
     if not stream:  # a stream ends when its next token finds the client gone
         wait_for(
             lambda: (
@@ -247,8 +244,16 @@ def test_generation_stops_when_the_client_disconnects(server: str, stream: bool)
             ),
             timeout=20,
         )
-    time.sleep(1.5)  # room for 800 tokens of the tiny model, were it still generating
-    assert _metric(server, "livelm_served_tokens", kind="generated") - generated <= 3
+    time.sleep(0.5)
+    stopped = _metric(server, "livelm_served_tokens", kind="generated")
+    blocker.close()
+    wait_for(
+        lambda: _metric(server, "livelm_requests_cancelled", route="score") > scores_cancelled,
+        timeout=20,
+    )
+    time.sleep(1.5)  # room for the 800 tokens of the tiny model, were it still generating
+    assert _metric(server, "livelm_served_tokens", kind="generated") == stopped
+    assert stopped - generated < 400
     # The count is live: a completion that runs adds its tokens.
     r = httpx.post(
         f"{server}/v1/completions",
@@ -257,7 +262,7 @@ def test_generation_stops_when_the_client_disconnects(server: str, stream: bool)
     )
     assert r.status_code == 200
     after = _metric(server, "livelm_served_tokens", kind="generated")
-    assert after - generated >= r.json()["usage"]["completion_tokens"]
+    assert after - stopped >= r.json()["usage"]["completion_tokens"]
 
 
 def test_a_body_too_slow_to_arrive_gets_a_408(server: str) -> None:

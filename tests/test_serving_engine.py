@@ -19,7 +19,10 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 from transformers import AutoModelForCausalLM
 
+from livelm.document import Document
+from livelm.learner import EncodedDocument, Encoder
 from livelm.learner.core import _linear_leaf_names, skip_adapter_input_cast
+from livelm.learner.packing import Cancelled
 from livelm.model import LoadedModel
 from livelm.server import create_app
 from livelm.server.engine import END, Engine, GenerationSequence, Sampling, next_tokens
@@ -345,6 +348,124 @@ def test_a_failed_prompt_fails_its_request_only(engine: Engine, served: ServingV
         items.append(item)
     assert len(items) == 1 and isinstance(items[0], Exception)
     assert len(tokens_of(good)) == GREEDY.max_tokens
+
+
+# -- scores, packed in the engine ------------------------------------------------------------
+
+
+def encoded(tiny: LoadedModel, texts: list[str], max_tokens: int = 64) -> list[EncodedDocument]:
+    encoder = Encoder(tiny.tokenizer, max_tokens)
+    return [encoder.encode(Document(t, id=str(i))) for i, t in enumerate(texts)]
+
+
+SCORE_TEXTS = [
+    "Markets rose after the central bank held its rate.",
+    "A storm closed the coast road",
+    "The council voted to build a new library beside the old park, after a long debate.",
+    "Ice",
+]
+
+
+def fp32_losses(served: ServingVersion, docs: list[EncodedDocument]) -> list[float]:
+    """Each document alone, by hand: its chunks through the model, the mean next-token NLL."""
+    out = []
+    with torch.inference_mode():
+        for d in docs:
+            total = 0.0
+            for chunk in d.chunks:
+                ids = torch.tensor([chunk])
+                logits = served.model(input_ids=ids).logits[0, :-1]
+                total += float(
+                    torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum")
+                )
+            out.append(total / d.tokens)
+    return out
+
+
+def test_concurrent_scores_share_a_micro_batch_and_score_as_alone(
+    engine: Engine, served: ServingVersion, tiny: LoadedModel
+) -> None:
+    docs = encoded(tiny, SCORE_TEXTS)
+    expected = fp32_losses(served, docs)
+    results: dict[int, list[float]] = {}
+
+    def score(i: int) -> None:
+        results[i] = [s.loss for s in engine.score(served, docs[i : i + 1])]
+
+    batches = engine.score_batches
+    with held(engine):  # the four requests wait together, then go through as one
+        threads = [threading.Thread(target=score, args=(i,)) for i in range(len(docs))]
+        for t in threads:
+            t.start()
+        wait_for(lambda: len(engine._scoring) == len(docs))
+    for t in threads:
+        t.join(60)
+    assert engine.score_batches == batches + 1
+    got = [results[i][0] for i in range(len(docs))]
+    assert got == pytest.approx(expected, abs=1e-4)
+
+
+def test_a_long_score_request_goes_in_micro_batches_between_decode_steps(
+    tiny: LoadedModel, served: ServingVersion
+) -> None:
+    gate = PriorityGate(max_inflight=2, quiet_s=0.0, max_wait_s=5.0)
+    engine = Engine(gate, eos_ids=[], max_batch=4, score_tokens=16, row_tokens=16)
+    try:
+        docs = encoded(tiny, SCORE_TEXTS * 2, max_tokens=12)  # chunks of at most 12 tokens
+        expected = fp32_losses(served, docs)
+        sequence = engine.submit(served, PROMPTS[0], Sampling(max_tokens=100, temperature=0.0))
+        sequence.tokens.get(timeout=60)
+        steps, batches = engine.steps, engine.score_batches
+        scores = engine.score(served, docs)
+        batches = engine.score_batches - batches
+        assert batches >= sum(len(c) for d in docs for c in d.chunks) // 16
+        # The generation went on between the micro-batches, not after them all.
+        assert not sequence.done and engine.steps - steps >= batches - 1
+        assert [s.loss for s in scores] == pytest.approx(expected, abs=1e-4)
+        assert [s.id for s in scores] == [d.doc.id for d in docs]
+        assert len(tokens_of(sequence)) == 99
+    finally:
+        engine.close()
+
+
+def test_a_cancelled_score_request_stops_and_the_others_are_answered(
+    engine: Engine, served: ServingVersion, tiny: LoadedModel
+) -> None:
+    docs = encoded(tiny, SCORE_TEXTS)
+    gone = threading.Event()
+    errors: list[BaseException] = []
+    answers: list[float] = []
+
+    def cancelled_one() -> None:
+        try:
+            engine.score(served, docs, cancelled=gone.is_set)
+        except Cancelled as e:
+            errors.append(e)
+
+    with held(engine):
+        thread = threading.Thread(target=cancelled_one)
+        thread.start()
+        other = threading.Thread(
+            target=lambda: answers.extend(s.loss for s in engine.score(served, docs[:1]))
+        )
+        other.start()
+        wait_for(lambda: len(engine._scoring) == 2)
+        gone.set()
+    thread.join(60)
+    other.join(60)
+    assert len(errors) == 1 and answers == pytest.approx(fp32_losses(served, docs[:1]), abs=1e-4)
+
+
+def test_a_failed_score_fails_its_request_only(
+    engine: Engine, served: ServingVersion, tiny: LoadedModel
+) -> None:
+    bad = EncodedDocument(Document("x"), ((1, 10**6),))  # a token id past the vocabulary
+    with pytest.raises(IndexError):
+        engine.score(served, [bad])
+    (good,) = engine.score(served, encoded(tiny, SCORE_TEXTS[:1]))
+    assert good.loss == pytest.approx(
+        fp32_losses(served, encoded(tiny, SCORE_TEXTS[:1]))[0], abs=1e-4
+    )
 
 
 # -- through the server ---------------------------------------------------------------------

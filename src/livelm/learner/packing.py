@@ -21,6 +21,15 @@ class Cancelled(Exception):
     micro-batches by the server's scoring and by `livelm.recommend`."""
 
 
+def never_cancelled() -> bool:
+    """The `cancelled` callback of work nobody cancels."""
+    return False
+
+
+def count_nothing(tokens: int) -> None:
+    """The `on_tokens` callback of work nobody counts."""
+
+
 @dataclass(frozen=True)
 class PackedBatch:
     """A micro-batch of packed rows.

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from livelm.learner.packing import Cancelled, _plain_head, pack
+from livelm.learner.packing import Cancelled, _plain_head, count_nothing, never_cancelled, pack
 
 
 @dataclass(frozen=True)
@@ -39,14 +39,6 @@ class TextStats:
     nll: float
     tokens: int
     embedding: torch.Tensor  # (hidden,)
-
-
-def _never() -> bool:
-    return False
-
-
-def _ignore(tokens: int) -> None:
-    pass
 
 
 def _cache_argument(model: torch.nn.Module) -> str:
@@ -76,8 +68,8 @@ class Scorer:
         token_budget: int = 512,
         row_tokens: int = 256,
         memo: dict[tuple[int, ...], TextStats] | None = None,
-        cancelled: Callable[[], bool] = _never,
-        on_tokens: Callable[[int], None] = _ignore,
+        cancelled: Callable[[], bool] = never_cancelled,
+        on_tokens: Callable[[int], None] = count_nothing,
     ) -> None:
         if max_tokens < 2:
             raise ValueError(f"max_tokens must be at least 2, not {max_tokens}")

@@ -23,18 +23,29 @@ version is its own model, each sequence streams its tokens to its request's thre
 and a CPU gains nothing from paging. The loop below is a model forward, a sample and a queue put
 per step, with no more Python around it than transformers' `generate` has.
 
-The engine holds a serving slot of the gate while it has sequences (running or waiting), so the
-learner treats a running batch as one request: it yields to it as it yields to any request.
+Scores (`/v1/score`) run in the same thread, packed together: the documents of every score
+request waiting are packed into micro-batches of at most `score_tokens` tokens, as the learner
+packs its own (`livelm.learner.packing`), whichever request they came from, one micro-batch
+between two decode steps. So concurrent score requests share forward passes, a long one delays
+a running generation by one micro-batch at a time and never the whole request, and every
+model call of the process's requests runs on one thread, whose thread pool is the only one
+serving them (a pool per request thread, each spinning after its work, slowed the others).
+
+The engine holds a serving slot of the gate while it has work (sequences running or waiting,
+scores waiting), so the learner treats it as one request: it yields to it as it yields to any
+request.
 
 >>> # engine = Engine(gate, eos_ids=[2], max_batch=8)
 >>> # sequence = engine.submit(version, prompt_ids, Sampling(max_tokens=16, temperature=0))
 >>> # tokens come through `sequence.tokens` (ints, then an exception where it failed, then END)
+>>> # scores = engine.score(version, encoded_docs)  # a DocScore each, in order
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import math
 import queue
 import threading
 from collections.abc import Callable, Sequence
@@ -46,6 +57,8 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from livelm.learner import DocScore, EncodedDocument
+from livelm.learner.packing import Cancelled, count_nothing, never_cancelled, pack, token_nll
 from livelm.server.gate import PriorityGate
 from livelm.server.versions import ServingVersion
 
@@ -72,10 +85,6 @@ class Sampling:
 END = object()  # the last item of a sequence's token queue
 # Prompt tokens prefilled in one forward at most (prompts of one length go through together).
 PREFILL_TOKENS = 2048
-
-
-def _ignore(tokens: int) -> None:
-    pass
 
 
 class GenerationSequence:
@@ -109,6 +118,42 @@ class GenerationSequence:
     @property
     def cancelled(self) -> bool:
         return self._cancelled.is_set()
+
+
+class ScoreJob:
+    """One request's documents to score inside the engine (`Engine.score`)."""
+
+    def __init__(
+        self,
+        version: ServingVersion,
+        docs: Sequence[EncodedDocument],
+        cancelled: Callable[[], bool],
+        on_tokens: Callable[[int], None],
+    ) -> None:
+        self.version = version
+        self.docs = list(docs)
+        # (document index, chunk) in order; `taken` of them are scored or in a micro-batch.
+        self.chunks = [(i, c) for i, d in enumerate(self.docs) for c in d.chunks]
+        self.taken = 0
+        self.sums = [0.0] * len(self.docs)  # each document's summed NLL so far
+        self.cancelled = cancelled
+        self.on_tokens = on_tokens
+        self.scores: list[DocScore] | None = None
+        self.error: BaseException | None = None
+        self.finished = threading.Event()
+
+    def finish(self, error: BaseException | None = None) -> None:
+        if error is None:
+            self.scores = [
+                DocScore(
+                    id=d.doc.id,
+                    loss=self.sums[i] / d.tokens if d.tokens else math.nan,
+                    tokens=d.tokens,
+                )
+                for i, d in enumerate(self.docs)
+            ]
+        self.error = error
+        self.finished.set()
 
 
 @dataclass
@@ -266,15 +311,29 @@ class Engine:
     """The process's generation engine: one thread, at most `max_batch` sequences at once
     (those past it wait their turn, first come first served)."""
 
-    def __init__(self, gate: PriorityGate, eos_ids: Sequence[int], max_batch: int) -> None:
+    def __init__(
+        self,
+        gate: PriorityGate,
+        eos_ids: Sequence[int],
+        max_batch: int,
+        *,
+        pad_id: int = 0,
+        score_tokens: int = 512,
+        row_tokens: int = 256,
+    ) -> None:
         if max_batch < 1:
             raise ValueError(f"--max-batch must be at least 1, not {max_batch}")
         self.gate = gate
+        self.pad_id = pad_id
+        self.score_tokens = score_tokens  # tokens a scoring micro-batch at most
+        self.row_tokens = row_tokens
         self.eos_ids = tuple(eos_ids)
         self._eos = frozenset(eos_ids)
         self.max_batch = max_batch
         self.steps = 0  # decode steps run, ever (each one forward over a batch)
         self.prefills = 0  # prompt forwards run, ever (prompts of one length share one)
+        self.score_batches = 0  # scoring micro-batches run, ever
+        self._scoring: collections.deque[ScoreJob] = collections.deque()
         self._pending: collections.deque[GenerationSequence] = collections.deque()
         self._batches: dict[ServingVersion, _Batch] = {}
         self._cond = threading.Condition()
@@ -287,7 +346,7 @@ class Engine:
         version: ServingVersion,
         prompt_ids: Sequence[int],
         sampling: Sampling,
-        on_tokens: Callable[[int], None] = _ignore,
+        on_tokens: Callable[[int], None] = count_nothing,
     ) -> GenerationSequence:
         sequence = GenerationSequence(version, prompt_ids, sampling, on_tokens)
         with self._cond:
@@ -296,6 +355,32 @@ class Engine:
             self._pending.append(sequence)
             self._cond.notify_all()
         return sequence
+
+    def score(
+        self,
+        version: ServingVersion,
+        docs: Sequence[EncodedDocument],
+        *,
+        cancelled: Callable[[], bool] = never_cancelled,
+        on_tokens: Callable[[int], None] = count_nothing,
+    ) -> list[DocScore]:
+        """Each document's mean NLL (nats per predicted token) under `version`, packed with
+        the other requests' documents. `cancelled()` is asked before each micro-batch: once
+        true, `Cancelled` is raised here. `on_tokens` counts the tokens scored."""
+        job = ScoreJob(version, docs, cancelled, on_tokens)
+        if not job.chunks:
+            job.finish()
+        else:
+            with self._cond:
+                if self._closed:
+                    raise RuntimeError("the server is shutting down")
+                self._scoring.append(job)
+                self._cond.notify_all()
+            job.finished.wait()
+        if job.error is not None:
+            raise job.error
+        assert job.scores is not None
+        return job.scores
 
     def _running(self) -> int:
         """Sequences in a batch now (the engine thread's view)."""
@@ -312,7 +397,7 @@ class Engine:
         try:
             while True:
                 with self._cond:
-                    while not self._pending and not self._closed:
+                    while not self._pending and not self._scoring and not self._closed:
                         self._cond.wait()
                     if self._closed:
                         break
@@ -328,8 +413,10 @@ class Engine:
         self._fail_all(RuntimeError("the server is shutting down"))
 
     def _step(self) -> bool:
-        """Admit waiting sequences, then one decode step per version; whether work is left."""
+        """Admit waiting sequences, score one micro-batch, then one decode step per version;
+        whether work is left."""
         self._admit()
+        self._score_some()
         for batch in list(self._batches.values()):
             try:
                 self._decode(batch)
@@ -339,7 +426,64 @@ class Engine:
                     _finish(sequence, e)
                 self._batches.pop(batch.version, None)
         with self._cond:
-            return bool(self._batches or self._pending) and not self._closed
+            return bool(self._batches or self._pending or self._scoring) and not self._closed
+
+    def _score_some(self) -> None:
+        """One scoring micro-batch: chunks of the waiting score requests of the oldest one's
+        version, in arrival order, up to `score_tokens` tokens (one chunk at least)."""
+        with self._cond:
+            gone = [j for j in self._scoring if j.cancelled()]
+            if gone:
+                self._scoring = collections.deque(j for j in self._scoring if j not in gone)
+            jobs = list(self._scoring)
+        for job in gone:
+            job.finish(Cancelled())
+        if not jobs:
+            return
+        version = jobs[0].version
+        taken: list[tuple[ScoreJob, int, tuple[int, ...]]] = []
+        tokens = 0
+        for job in (j for j in jobs if j.version is version):
+            while job.taken < len(job.chunks):
+                doc, chunk = job.chunks[job.taken]
+                if taken and tokens + len(chunk) > self.score_tokens:
+                    break
+                taken.append((job, doc, chunk))
+                tokens += len(chunk)
+                job.taken += 1
+            else:
+                continue
+            break
+        touched = list(dict.fromkeys(job for job, _, _ in taken))
+        try:
+            sums = torch.zeros(len(taken), dtype=torch.float64)
+            counts = torch.zeros(len(taken), dtype=torch.long)
+            chunks = [chunk for _, _, chunk in taken]
+            for batch in pack(chunks, self.row_tokens, self.score_tokens, self.pad_id):
+                nll, owner = token_nll(version.model, batch, version.device)
+                owner = owner.cpu()
+                sums.index_add_(0, owner, nll.double().cpu())
+                counts.index_add_(0, owner, torch.ones_like(owner))
+                self.score_batches += 1
+        except Exception as e:  # these requests fail; the engine goes on
+            log.exception("a scoring micro-batch failed")
+            self._end_jobs(touched, e)
+            return
+        scored: dict[ScoreJob, int] = {}
+        for (job, doc, _), total, count in zip(taken, sums.tolist(), counts.tolist(), strict=True):
+            job.sums[doc] += total
+            scored[job] = scored.get(job, 0) + count
+        for job, count in scored.items():
+            job.on_tokens(count)
+        self._end_jobs([j for j in touched if j.taken == len(j.chunks)], None)
+
+    def _end_jobs(self, jobs: list[ScoreJob], error: BaseException | None) -> None:
+        if not jobs:
+            return
+        with self._cond:
+            self._scoring = collections.deque(j for j in self._scoring if j not in jobs)
+        for job in jobs:
+            job.finish(error)
 
     def _admit(self) -> None:
         """Prefill the waiting sequences there is room for and add them to their batches."""
@@ -396,8 +540,13 @@ class Engine:
         try:
             ids = torch.tensor([s.prompt_ids for s in sequences], device=version.device)
             cache = DynamicCache()  # full layers only: a batch merges them column by column
+            # The last position by index, not `logits_to_keep=1`: that slice of a longer
+            # prompt's hidden states is a strided view, which torch's matmul sends down its
+            # batched path, copying the whole output head first (SmolLM2: 56 MB, 50-70 ms a
+            # prefill on one thread); an index gives a fresh (rows, 1, hidden) tensor.
+            last = torch.tensor([ids.shape[1] - 1], device=version.device)
             logits = version.model(
-                input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1
+                input_ids=ids, cache=cache, use_cache=True, logits_to_keep=last
             ).logits  # (rows, 1, vocab)
             firsts = next_tokens(logits[:, -1], [s.sampling for s in sequences])
             self.prefills += 1
@@ -460,6 +609,10 @@ class Engine:
             self._closed = True
             waiting = list(self._pending)
             self._pending.clear()
+            scoring = list(self._scoring)
+            self._scoring.clear()
+        for job in scoring:
+            job.finish(error)
         for batch in self._batches.values():
             waiting.extend(batch.sequences)
         self._batches.clear()

@@ -2,25 +2,23 @@
 
 Scores use the learner's encoding (a boundary token, then the text in window-sized chunks) and
 its loss (mean next-token cross-entropy, nats per token), so a document's score here is the
-score the learner would give it under the same weights. Generation runs in the process's
-engine (`livelm.server.engine`), batched with the other requests' generations; the engine
-streams token ids back, and the caller reads text pieces as they come.
+score the learner would give it under the same weights. Scores and generations run in the
+process's engine (`livelm.server.engine`), packed and batched with the other requests'; the
+engine streams token ids back, and the caller reads text pieces as they come.
 """
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from livelm.document import Document
-from livelm.learner import DocScore, EncodedDocument, Encoder
-from livelm.learner.packing import Cancelled, pack, token_nll
+from livelm.learner import EncodedDocument, Encoder
+from livelm.learner.packing import count_nothing
 from livelm.server.engine import END, Engine
 from livelm.server.engine import Sampling as Sampling  # the routes' import
 from livelm.server.versions import ServingVersion
@@ -67,14 +65,6 @@ class Codec:
         return "\n".join([*lines, "assistant:"])
 
 
-def _never() -> bool:
-    return False
-
-
-def _ignore(tokens: int) -> None:
-    pass
-
-
 class TokenLimitError(Exception):
     """Documents 0 to `index` already hold `tokens` predicted tokens, past `limit`."""
 
@@ -96,39 +86,6 @@ def encode_within(codec: Codec, docs: Sequence[Document], limit: int) -> list[En
         if total > limit:
             raise TokenLimitError(i, total, limit)
     return encoded
-
-
-def score_documents(
-    version: ServingVersion,
-    docs: Sequence[EncodedDocument],
-    pad_id: int,
-    token_budget: int,
-    row_tokens: int,
-    *,
-    cancelled: Callable[[], bool] = _never,
-    on_tokens: Callable[[int], None] = _ignore,
-) -> list[DocScore]:
-    """Each document's mean NLL under `version`, its chunks packed as the learner packs them.
-
-    `cancelled()` is asked before each micro-batch: once true, `Cancelled` is raised there, so a
-    client that left stops its work within one micro-batch. `on_tokens` counts each one's tokens.
-    """
-    chunks = [c for d in docs for c in d.chunks]
-    owner_doc = torch.tensor([i for i, d in enumerate(docs) for _ in d.chunks], dtype=torch.long)
-    device = version.device
-    sums = torch.zeros(len(docs), device=device)
-    with torch.inference_mode():
-        for batch in pack(chunks, row_tokens, token_budget, pad_id):
-            if cancelled():
-                raise Cancelled
-            nll, owner = token_nll(version.model, batch, device)
-            sums.index_add_(0, owner_doc.to(device)[owner], nll)
-            on_tokens(int(nll.numel()))
-    totals = sums.cpu().tolist()
-    return [
-        DocScore(id=d.doc.id, loss=totals[i] / d.tokens if d.tokens else math.nan, tokens=d.tokens)
-        for i, d in enumerate(docs)
-    ]
 
 
 FinishReason = Literal["stop", "length"]
@@ -155,7 +112,7 @@ class Generation:
         codec: Codec,
         prompt_ids: list[int],
         sampling: Sampling,
-        on_tokens: Callable[[int], None] = _ignore,
+        on_tokens: Callable[[int], None] = count_nothing,
     ) -> None:
         self.version = version
         self.prompt_tokens = len(prompt_ids)

@@ -25,7 +25,7 @@ from livelm.server.errors import ApiError, NotReadyError
 from livelm.server.feeder import Feeder
 from livelm.server.follower import Follower
 from livelm.server.gate import PriorityGate
-from livelm.server.inference import Codec, Generation, Sampling, score_documents
+from livelm.server.inference import Codec, Generation, Sampling
 from livelm.server.memory import Trimmer
 from livelm.server.metrics import Metrics
 from livelm.server.monitoring import Monitor, WatchedGuard
@@ -92,7 +92,14 @@ class Runtime:
         )
         self.trimmer = Trimmer(self.gate, settings.malloc_trim_s)
         # One thread decodes every generation, batched (see livelm.server.engine).
-        self.engine = Engine(self.gate, self.eos_ids, settings.max_batch)
+        self.engine = Engine(
+            self.gate,
+            self.eos_ids,
+            settings.max_batch,
+            pad_id=self.pad_id,
+            score_tokens=self.token_budget,
+            row_tokens=self.row_tokens,
+        )
         self._live: ServingVersion | None = None
         self._loader: VersionLoader | None = None  # made with the first live version
         # What the learner sees as it learns (/v1/monitor); drift events also go to the webhook.
@@ -292,17 +299,14 @@ class Runtime:
         version: ServingVersion,
         cancelled: Callable[[], bool] = lambda: False,
     ) -> list[DocScore]:
-        """Documents encoded by `codec.document`; `cancelled` stops it between micro-batches."""
-        with self.gate.serving():
-            return score_documents(
-                version,
-                docs,
-                self.pad_id,
-                self.token_budget,
-                self.row_tokens,
-                cancelled=cancelled,
-                on_tokens=self.metrics.served_tokens.labels(kind="scored").inc,
-            )
+        """Documents encoded by `codec.document`, scored in the engine, packed with the other
+        requests' documents; `cancelled` stops it between micro-batches."""
+        return self.engine.score(
+            version,
+            docs,
+            cancelled=cancelled,
+            on_tokens=self.metrics.served_tokens.labels(kind="scored").inc,
+        )
 
     def prompt_ids(self, prompt: str, max_tokens: int, *, raw: bool = False) -> list[int]:
         """The prompt's token ids, after the boundary token that starts every learned document
