@@ -181,8 +181,11 @@ class Scorer:
             self._check()
             cache = DynamicCache(config=getattr(model, "config", None))
             ids = torch.tensor([list(prefix)], dtype=torch.long, device=self.device)
+            # The last position by index (see `livelm.server.engine`'s prefill: a slice would
+            # make torch copy the whole output head).
+            last = torch.tensor([prefix_len - 1], device=self.device)
             out = model(
-                input_ids=ids, use_cache=True, logits_to_keep=1, **{self._cache_name: cache}
+                input_ids=ids, use_cache=True, logits_to_keep=last, **{self._cache_name: cache}
             )
             first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)  # (vocab,)
             self.on_tokens(prefix_len)
