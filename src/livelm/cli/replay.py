@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +19,7 @@ from livelm.policy.options import LEARNER_OPTIONS, OPTIONS, POLICY_OPTIONS
 
 if TYPE_CHECKING:
     from livelm.learner import StepReport, Tally
+    from livelm.replay import ReplayOptions
 
 REPORT_EVERY = 500
 
@@ -133,63 +134,21 @@ def add_demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def replay(
-    stream: str,
+    options: ReplayOptions,
     *,
     model: str = DEFAULT_MODEL,
-    strategy: str = "static,online",
-    out: Path = Path("runs/replay"),
-    max_docs: int | None = None,
-    every: int = 1,
-    reference: str | None = None,
-    fisher: str | None = None,
-    fmt: str = "auto",
-    skip_bad: bool = False,
     device: str = "auto",
     quiet: bool = False,
-    flags: Mapping[str, str] | None = None,
-    surprise_window: int = 100,
-    recent_docs: int = 300,
-    save: Path | None = None,
-    boundary: str = "auto",
-    group_by: str | None = None,
-    report_every: int = REPORT_EVERY,
-    idle_s: float = 1.0,
-    command: str | None = None,
 ) -> dict[str, object]:
-    """`flags`: the option flags given (`{"lr": "1e-3", "replay": "0.25"}`), which apply
-    to every learning strategy they fit; see `livelm.policy.strategy`. `save`: a directory for
-    the learned weights (`ReplayOptions.save_path`). `boundary` (`--boundary`)
-    applies to every strategy; see `livelm.learner.encoding`. `command`: the command line,
-    recorded in the report."""
+    """Replay `options.stream` with `model` and print (unless `quiet`) a bar per strategy and
+    the results' table; the report goes to `options.out`."""
     from tqdm import tqdm
 
     from livelm.model import load_model
-    from livelm.replay import ReplayOptions, parse_strategies, run_replay
+    from livelm.replay import run_replay
 
-    strategies = tuple(
-        dataclasses.replace(s, learner=s.learner.replace(boundary=boundary))
-        for s in parse_strategies(strategy, flags)
-    )
-    options = ReplayOptions(
-        stream=stream,
-        strategies=strategies,
-        out=out,
-        max_docs=max_docs,
-        every=every,
-        reference=reference,
-        fisher=fisher,
-        fmt=fmt,  # type: ignore[arg-type]  # argparse restricts the choices
-        skip_bad=skip_bad,
-        surprise_window=surprise_window,
-        recent_docs=recent_docs,
-        save=save,
-        group_by=group_by,
-        report_every=report_every,
-        idle_s=idle_s,
-        command=command,
-    )
-    if stream != "-":  # refused before the model loads; stdin is checked as it is read
-        check_stream(stream, "stream", fmt, skip_bad)
+    if options.stream != "-":  # refused before the model loads; stdin is checked as it's read
+        check_stream(options.stream, "stream", options.fmt, options.skip_bad)
     base = load_model(model, device=device)
     bars: dict[str, tqdm[None]] = {}
 
@@ -199,7 +158,11 @@ def replay(
         bar = bars.get(name)
         if bar is None:
             bar = bars[name] = tqdm(
-                desc=f"{name:>12}", unit="doc", total=max_docs, leave=True, position=len(bars)
+                desc=f"{name:>12}",
+                unit="doc",
+                total=options.max_docs,
+                leave=True,
+                position=len(bars),
             )
         bar.update(len(report.scores))
         bar.set_postfix_str(f"{tally.tokens_per_second:.0f} tok/s, ppl {tally.perplexity:.2f}")
@@ -212,8 +175,8 @@ def replay(
     if not quiet:
         _print_table(metrics)
         print(
-            f"wrote {out}/metrics.json, docs.jsonl, curve.png, report.html, surprises.jsonl "
-            "and emerging_terms.json"
+            f"wrote {options.out}/metrics.json, docs.jsonl, curve.png, report.html, "
+            "surprises.jsonl and emerging_terms.json"
         )
         for s in options.strategies:
             if (directory := options.save_path(s)) is not None:
@@ -256,20 +219,35 @@ def _print_table(metrics: dict[str, object]) -> None:
 def demo(*, model: str = DEFAULT_MODEL, out: Path = Path("runs/demo"), docs: int = 500) -> None:
     """Replay the State of the Union addresses (1790-2021), `static` against `online`."""
     from livelm.model import cache_root
+    from livelm.replay import ReplayOptions, parse_strategies
     from livelm.source.sotu import write_sotu_stream
 
     stream, total = write_sotu_stream(cache_root() / "sotu.jsonl", cache_root() / "npm")
     every = max(1, total // docs)
     print(f"State of the Union: {total} paragraphs, 1790-2021; replaying every {every}th")
-    replay(str(stream), model=model, strategy="static,online", out=out, every=every, max_docs=docs)
+    options = ReplayOptions(
+        stream=str(stream),
+        strategies=parse_strategies("static,online"),
+        out=out,
+        every=every,
+        max_docs=docs,
+    )
+    replay(options, model=model)
 
 
 def run_replay_command(args: argparse.Namespace, argv: Sequence[str]) -> None:
-    """`replay` from parsed flags; `argv` is recorded in the report."""
-    replay(
-        args.stream,
-        model=args.model,
-        strategy=args.strategy,
+    """`replay` from parsed flags; `argv` is recorded in the report. `--boundary` and the
+    option flags (`--lr 1e-3`) apply to every strategy they fit (`livelm.policy.strategy`)."""
+    from livelm.replay import ReplayOptions, parse_strategies
+
+    flags = {key: value for key in OPTIONS if (value := getattr(args, f"option_{key}")) is not None}
+    strategies = tuple(
+        dataclasses.replace(s, learner=s.learner.replace(boundary=args.boundary))
+        for s in parse_strategies(args.strategy, flags)
+    )
+    options = ReplayOptions(
+        stream=args.stream,
+        strategies=strategies,
         out=args.out,
         max_docs=args.max_docs,
         every=args.every,
@@ -277,17 +255,12 @@ def run_replay_command(args: argparse.Namespace, argv: Sequence[str]) -> None:
         fisher=args.fisher,
         fmt=args.fmt,
         skip_bad=args.skip_bad,
-        device=args.device,
-        quiet=args.quiet,
-        flags={
-            key: value for key in OPTIONS if (value := getattr(args, f"option_{key}")) is not None
-        },
-        save=args.save,
         surprise_window=args.surprise_window,
         recent_docs=args.recent_docs,
-        boundary=args.boundary,
+        save=args.save,
         group_by=args.group_by,
         report_every=args.report_every,
         idle_s=args.idle,
         command=shlex.join(["livelm", *argv]),
     )
+    replay(options, model=args.model, device=args.device, quiet=args.quiet)
