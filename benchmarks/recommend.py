@@ -290,8 +290,9 @@ def differences(readers: Sequence[Reader], part: str, protocols: Sequence[str]) 
     return lines
 
 
-def best(readers: Sequence[Reader], part: str) -> str:
-    """The row with the highest MRR averaged over the protocols, on `part`."""
+def best(readers: Sequence[Reader], part: str, fusions_only: bool = False) -> str:
+    """The row with the highest MRR averaged over the protocols, on `part` (among the live
+    model's fusions with `fusions_only`: the choice of what `fused` names)."""
     chosen = [r for r in readers if r.slice == part]
     protocols = sorted({r.protocol for r in chosen})
 
@@ -302,7 +303,12 @@ def best(readers: Sequence[Reader], part: str) -> str:
             )
         )
 
-    return max((label for label, _, _ in ROWS), key=mean_mrr)
+    labels = [
+        label
+        for label, model, method in ROWS
+        if not fusions_only or (model == "live" and "+" in method)
+    ]
+    return max(labels, key=mean_mrr)
 
 
 def log(message: str, started: float) -> None:
@@ -413,7 +419,9 @@ def write_report(
         "",
         *table(readers, "tune", protocols),
         "",
-        f"Best on the tune slice (MRR, mean over protocols): **{best(readers, 'tune')}**.",
+        f"Best on the tune slice (MRR, mean over protocols): **{best(readers, 'tune')}**; "
+        f"the live model's best fusion there (what `fused` names): "
+        f"**{best(readers, 'tune', fusions_only=True)}**.",
         "",
         "Report slice:",
         "",

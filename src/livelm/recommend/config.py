@@ -30,14 +30,18 @@ from dataclasses import dataclass
 BASE_METHODS = ("pmi", "pmi-mean", "embed", "tfidf", "random")
 MODEL_METHODS = frozenset({"pmi", "pmi-mean", "embed"})
 # The fusion named `fused`, which is also the method a ranking uses when none is named: the
-# live model's pooled hidden states fused with TF-IDF had the best MRR (mean of the two reader
-# protocols) on the tune slice of benchmarks/recommend.py (72 readers of the HuffPost stream,
-# runs/recommend/news.md): 0.447, against 0.446 for pmi+embed+tfidf, 0.427 for the static
-# model's embed+tfidf, 0.40 for TF-IDF alone and 0.36 for the live model's PMI alone. The first
-# two are within noise of each other; embed+tfidf needs no PMI pass (about half the model work)
-# and its `why` is free (the per-item similarities it ranks by). PMI summed over the candidate's
-# tokens edged PMI per token on the same slice (0.360 against 0.354, live), so `pmi` is the sum.
-FUSED = "embed+tfidf"
+# live model's best fusion on the tune slice of benchmarks/recommend.py (288 readers of the
+# HuffPost stream, 146 of them in the tune slice; runs/recommend/news-large.md), by MRR averaged
+# over the two reader protocols: pmi+embed+tfidf 0.434, embed+tfidf 0.423, pmi-mean+tfidf 0.393
+# (the static model's pmi+embed+tfidf 0.417, TF-IDF alone 0.374). The live model's pooled
+# states alone (`embed`) scored 0.452 there, within noise of the fusion, but learning the
+# stream hardly moves them (live minus static embed +0.030 and +0.012 on the tune slice), so
+# a ranking by them alone gains little from a live model; PMI is where learning shows, and the
+# fusion keeps TF-IDF's exact-term matches. On the report slice the live fusion beat the static
+# fusion and TF-IDF in every protocol (BENCHMARKS.md "Recommend"). An earlier, smaller run
+# (72 readers) had chosen embed+tfidf, 0.001 ahead of pmi+embed+tfidf. `pmi` is the sum over
+# the candidate's tokens: alone it edged the per-token mean (0.360 against 0.358, live).
+FUSED = "pmi+embed+tfidf"
 DEFAULT_METHOD = "fused"
 
 
