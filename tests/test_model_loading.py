@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from pathlib import Path
 
 import pytest
@@ -226,3 +227,22 @@ def test_default_model_converts_once_then_loads_from_the_cache(tmp_path: Path) -
     ids = first.tokenizer("The capital of France is", return_tensors="pt")["input_ids"]
     assert second.tokenizer("The capital of France is", return_tensors="pt")["input_ids"].equal(ids)
     assert torch.equal(logits(second.model, ids), logits(first.model, ids))
+
+
+def test_work_in_a_fresh_thread_returns_raises_and_ends_its_thread() -> None:
+    from livelm.model import in_fresh_thread
+
+    ran_on: list[threading.Thread] = []
+
+    def work() -> int:
+        ran_on.append(threading.current_thread())
+        return 7
+
+    assert in_fresh_thread(work) == 7
+    assert ran_on[0] is not threading.current_thread() and not ran_on[0].is_alive()
+
+    def fails() -> None:
+        raise ValueError("from the work")
+
+    with pytest.raises(ValueError, match="from the work"):
+        in_fresh_thread(fails)

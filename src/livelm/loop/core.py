@@ -52,6 +52,7 @@ from livelm.loop.feeds import Feed, Learned, Taken
 from livelm.loop.guard import CanaryGuard
 from livelm.loop.healing import Healer, Stopped
 from livelm.loop.state import LoopSettings, Pending, StepLearner
+from livelm.model.device import in_fresh_thread
 from livelm.policy.monitor import SurpriseMonitor
 from livelm.store import (
     Manifest,
@@ -98,7 +99,10 @@ class LearningLoop:
         metrics: Metrics | None = None,
         on_live: Callable[[Manifest], None] | None = None,
         on_step: Callable[[Sequence[Document], StepReport], None] | None = None,
+        fresh_threads: bool = False,
     ) -> None:
+        """`fresh_threads`: run each step and each publish on a thread that ends with it, for a
+        process that serves requests beside the loop (`livelm.model.device.in_fresh_thread`)."""
         self.learner = learner
         self.feed = feed
         self.store = store
@@ -112,6 +116,7 @@ class LearningLoop:
         self.metrics = metrics
         self._on_live = on_live
         self._on_step = on_step  # each step's documents and report (the server's monitor)
+        self.fresh_threads = fresh_threads
         self.per_step = settings.docs_per_step or learner.config.max_docs_per_step
         self.pending = Pending()
         self._carry: list[Taken] = []  # taken, left for the next step by a step sized in tokens
@@ -248,7 +253,7 @@ class LearningLoop:
                 n = step_size(self.learner.config, [e.tokens for e in encoded]) if taken else 0
                 self._carry = taken[n:]
                 try:
-                    self._step(taken[:n], encoded[:n])
+                    self._work(partial(self._step, taken[:n], encoded[:n]))
                 finally:
                     if self.gate is not None:
                         self.gate.end_turn()
@@ -274,15 +279,21 @@ class LearningLoop:
             with self._lock:
                 try:
                     if plan.follow is not None:
-                        self._follow(plan.follow)
+                        self._work(partial(self._follow, plan.follow))
                     elif plan.publish:
-                        self._publish()
+                        self._work(self._publish)
                 finally:
                     if self.gate is not None:
                         self.gate.end_turn()
             if plan.stop:
                 return
             previous_read = read
+
+    def _work(self, work: Callable[[], None]) -> None:
+        if self.fresh_threads:
+            in_fresh_thread(work)
+        else:
+            work()
 
     def _take(self) -> list[Taken]:
         """The documents of the next step: those left from the last one, then new ones."""

@@ -6,14 +6,14 @@ from livelm.lazy import lazy_names
 from livelm.model.spec import DEFAULT_MODEL
 
 if TYPE_CHECKING:
-    from livelm.model.device import autocast_dtype_for, resolve_device
+    from livelm.model.device import autocast_dtype_for, in_fresh_thread, resolve_device
     from livelm.model.loading import LoadedModel, cache_root, load_model
 
 # These import torch and transformers: a default shown in `--help` needs neither.
 __getattr__ = lazy_names(
     __name__,
     {
-        "livelm.model.device": ("autocast_dtype_for", "resolve_device"),
+        "livelm.model.device": ("autocast_dtype_for", "in_fresh_thread", "resolve_device"),
         "livelm.model.loading": ("LoadedModel", "cache_root", "load_model"),
     },
 )
@@ -23,6 +23,7 @@ __all__ = [
     "LoadedModel",
     "autocast_dtype_for",
     "cache_root",
+    "in_fresh_thread",
     "load_model",
     "resolve_device",
 ]

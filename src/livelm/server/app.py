@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from livelm import __version__
+from livelm.model.device import in_fresh_thread
 from livelm.server.errors import error_body, install_error_handlers, unhandled_error
 from livelm.server.metrics import Metrics
 from livelm.server.routes import (
@@ -146,13 +147,17 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = await anyio.to_thread.run_sync(Runtime, settings, metrics)
+        # On a thread that ends (`in_fresh_thread`): loading the model would leave its OpenMP
+        # pool alive with a worker thread's.
+        runtime = await anyio.to_thread.run_sync(
+            in_fresh_thread, lambda: Runtime(settings, metrics)
+        )
         runtime.start()
         app.state.runtime = runtime
         try:
             yield
         finally:
-            await anyio.to_thread.run_sync(runtime.close)
+            await anyio.to_thread.run_sync(in_fresh_thread, runtime.close)
 
     # FastAPIOffline: /docs and /redoc load their scripts and styles from this server
     # (/static-offline-docs), not from a CDN, so they work on a machine without internet.

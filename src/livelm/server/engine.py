@@ -59,6 +59,7 @@ from transformers.cache_utils import DynamicLayer
 
 from livelm.learner import DocScore, EncodedDocument
 from livelm.learner.packing import Cancelled, count_nothing, never_cancelled, pack, token_nll
+from livelm.model.device import in_fresh_thread
 from livelm.server.gate import PriorityGate
 from livelm.server.versions import ServingVersion
 
@@ -402,15 +403,20 @@ class Engine:
                     if self._closed:
                         break
                 # One serving slot for as long as there is work: to the learner, a running
-                # batch is one request.
-                with self.gate.serving(), torch.inference_mode():
-                    while self._step():
-                        pass
+                # batch is one request. The burst runs on a thread of its own, which ends with
+                # it (see `in_fresh_thread`: an idle engine keeps no OpenMP pool alive).
+                with self.gate.serving():
+                    in_fresh_thread(self._burst)
         except BaseException as e:
             log.exception("the generation engine stopped")
             self._fail_all(e)
             raise
         self._fail_all(RuntimeError("the server is shutting down"))
+
+    def _burst(self) -> None:
+        with torch.inference_mode():
+            while self._step():
+                pass
 
     def _step(self) -> bool:
         """Admit waiting sequences, score one micro-batch, then one decode step per version;

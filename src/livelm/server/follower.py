@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -25,6 +26,7 @@ from transformers import PreTrainedModel
 
 from livelm.learner.core import resolve_attention, skip_adapter_input_cast
 from livelm.model import autocast_dtype_for
+from livelm.model.device import in_fresh_thread
 from livelm.policy.monitor import SurpriseMonitor
 from livelm.server.metrics import Metrics
 from livelm.server.versions import ServingVersion, serving_copy
@@ -124,7 +126,7 @@ class Follower:
             while not self._stop.wait(self.poll_s):
                 live = self.store.live()
                 if live is not None and (self.live is None or live != self.live.version):
-                    self._load(live)
+                    in_fresh_thread(partial(self._load, live))  # beside the engine
         except BaseException as e:  # reported by /readyz; the replica keeps serving
             log.exception("the follower stopped")
             self.error = e

@@ -29,12 +29,14 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
+from functools import partial
 from pathlib import Path
 
 import anyio
 import torch
 from peft import PeftModel
 
+from livelm.model.device import in_fresh_thread
 from livelm.server.errors import ApiError, NotFoundError
 from livelm.server.versions import ServingVersion, serving_copy
 from livelm.store import Manifest, SnapshotStore, UnknownVersionError, load_weights
@@ -192,7 +194,7 @@ class VersionModels:
         if number is None:
             return self._live()
         try:
-            return await anyio.to_thread.run_sync(self._version, number)
+            return await anyio.to_thread.run_sync(in_fresh_thread, partial(self._version, number))
         except (UnknownVersionError, FileNotFoundError) as e:
             if isinstance(e, FileNotFoundError) and self._holds(number):
                 raise  # a missing file of a version still kept: not the client's doing

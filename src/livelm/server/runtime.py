@@ -157,6 +157,7 @@ class Runtime:
                 metrics=self.metrics,
                 on_live=self._serve_learner_version,
                 on_step=self.monitor.stepped,
+                fresh_threads=True,  # beside the engine: see `in_fresh_thread`
             )
         self.learner.bootstrap()
         # The models requests may name: `livelm` (the live version) and `livelm@N`.

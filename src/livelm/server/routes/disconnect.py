@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from functools import partial
 from typing import TypeVar
 
 import anyio
 from fastapi import Request
 
 from livelm.learner.packing import Cancelled
+from livelm.model.device import in_fresh_thread
 from livelm.server.errors import ClientGone
 from livelm.server.metrics import Metrics
 
@@ -54,7 +56,8 @@ async def run_cancellable(
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(until_disconnected, request, left)
         try:
-            result = await anyio.to_thread.run_sync(work, gone)
+            # On a thread that ends with the work: see `in_fresh_thread`.
+            result = await anyio.to_thread.run_sync(in_fresh_thread, partial(work, gone))
         except Cancelled:
             stopped = True
         finally:
