@@ -69,7 +69,7 @@ def parse_method(spec: str) -> Method:
     """`pmi`, `embed`, `tfidf`, `random`, `fused`, or parts joined by `+` (fused by rank).
 
     >>> parse_method("fused").parts
-    ('embed', 'tfidf')
+    ('pmi', 'embed', 'tfidf')
     >>> parse_method("embed+tfidf").fused
     True
     >>> parse_method("bm25")  # doctest: +ELLIPSIS
