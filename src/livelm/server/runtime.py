@@ -13,12 +13,13 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import IO
 
 from livelm.document import Document
 from livelm.learner import DocScore, EncodedDocument
 from livelm.loop import LearningLoop, LoopSettings, QueueFeed, canary_documents
-from livelm.model import autocast_dtype_for, load_model
+from livelm.model import autocast_dtype_for, in_fresh_thread, load_model
 from livelm.policy import build_learner
 from livelm.server.engine import Engine
 from livelm.server.errors import ApiError, NotReadyError
@@ -238,8 +239,8 @@ class Runtime:
         return True, "ready"
 
     def rollback(self, version: int) -> Manifest:
-        try:
-            return self.learner.rollback(version)
+        try:  # loads weights: on a thread that ends (`in_fresh_thread`), beside the engine
+            return in_fresh_thread(partial(self.learner.rollback, version))
         except OSError as e:  # the store's disk: the rollback changed nothing
             raise NotReadyError(
                 f"cannot roll back to version {version}: {e}; nothing changed (version "
