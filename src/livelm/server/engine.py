@@ -438,12 +438,10 @@ class Engine:
         """One scoring micro-batch: chunks of the waiting score requests of the oldest one's
         version, in arrival order, up to `score_tokens` tokens (one chunk at least)."""
         with self._cond:
-            gone = [j for j in self._scoring if j.cancelled()]
-            if gone:
-                self._scoring = collections.deque(j for j in self._scoring if j not in gone)
             jobs = list(self._scoring)
-        for job in gone:
-            job.finish(Cancelled())
+        gone = [j for j in jobs if j.cancelled()]
+        self._end_jobs(gone, Cancelled())
+        jobs = [j for j in jobs if j not in gone]
         if not jobs:
             return
         version = jobs[0].version
@@ -457,28 +455,24 @@ class Engine:
                 taken.append((job, doc, chunk))
                 tokens += len(chunk)
                 job.taken += 1
-            else:
-                continue
-            break
+            if job.taken < len(job.chunks):  # the micro-batch is full
+                break
         touched = list(dict.fromkeys(job for job, _, _ in taken))
         try:
             sums = torch.zeros(len(taken), dtype=torch.float64)
-            counts = torch.zeros(len(taken), dtype=torch.long)
             chunks = [chunk for _, _, chunk in taken]
             for batch in pack(chunks, self.row_tokens, self.score_tokens, self.pad_id):
                 nll, owner = token_nll(version.model, batch, version.device)
-                owner = owner.cpu()
-                sums.index_add_(0, owner, nll.double().cpu())
-                counts.index_add_(0, owner, torch.ones_like(owner))
+                sums.index_add_(0, owner.cpu(), nll.double().cpu())
                 self.score_batches += 1
         except Exception as e:  # these requests fail; the engine goes on
             log.exception("a scoring micro-batch failed")
             self._end_jobs(touched, e)
             return
         scored: dict[ScoreJob, int] = {}
-        for (job, doc, _), total, count in zip(taken, sums.tolist(), counts.tolist(), strict=True):
+        for (job, doc, chunk), total in zip(taken, sums.tolist(), strict=True):
             job.sums[doc] += total
-            scored[job] = scored.get(job, 0) + count
+            scored[job] = scored.get(job, 0) + len(chunk) - 1  # a chunk predicts all but its first
         for job, count in scored.items():
             job.on_tokens(count)
         self._end_jobs([j for j in touched if j.taken == len(j.chunks)], None)

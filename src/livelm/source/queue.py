@@ -226,7 +226,7 @@ class DocumentQueue:
                 (after, limit),
             ).fetchall()
         return [
-            QueuedDocument(seq, Document(text=text, id=doc_id, time=t, meta=json.loads(meta)))
+            QueuedDocument(seq, _document(doc_id, text, t, meta))
             for seq, doc_id, text, t, meta in rows
         ]
 
@@ -280,8 +280,7 @@ class DocumentQueue:
                     f"WHERE id IN ({', '.join('?' * len(part))})",
                     part,
                 ).fetchall()
-                for doc_id, text, t, meta in rows:
-                    found[doc_id] = Document(text=text, id=doc_id, time=t, meta=json.loads(meta))
+                found.update((row[0], _document(*row)) for row in rows)
         return found
 
     def newest(self, limit: int, state: State = "learned") -> list[Document]:
@@ -292,10 +291,7 @@ class DocumentQueue:
                 "ORDER BY seq DESC LIMIT ?",
                 (state, limit),
             ).fetchall()
-        return [
-            Document(text=text, id=doc_id, time=t, meta=json.loads(meta))
-            for doc_id, text, t, meta in rows
-        ]
+        return [_document(*row) for row in rows]
 
     def counts(self) -> dict[State, int]:
         """Documents per state."""
@@ -428,3 +424,8 @@ class DocumentQueue:
             )
             names = [c[0] for c in cursor.description]
             return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def _document(doc_id: str, text: str, t: str | None, meta: str) -> Document:
+    """A document from its row's `id, text, time, meta` columns."""
+    return Document(text=text, id=doc_id, time=t, meta=json.loads(meta))
