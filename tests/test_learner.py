@@ -236,3 +236,17 @@ def test_packing_fills_rows_without_splitting_or_repeating_a_chunk() -> None:
                 seen.append(i)
     assert sorted(seen) == list(range(len(chunks)))
     assert sum(b.ids.shape[0] for b in batches) < len(chunks)  # rows really hold several chunks
+
+
+def test_weight_decay_shrinks_the_adapters_toward_the_base(tiny: LoadedModel) -> None:
+    """`--weight-decay`: AdamW's decoupled decay holds the adapters' product nearer zero."""
+    text = "The same story, learned again and again, with and without weight decay."
+
+    def adapter_norm(weight_decay: float) -> float:
+        online = learner(tiny, "online", warmup_steps=0, lr=1e-2, weight_decay=weight_decay)
+        doc = online.encode(Document(text))
+        for _ in range(5):
+            assert online.step([doc]).updated
+        return sum(float(p.detach().float().norm()) for p in online.params)
+
+    assert adapter_norm(20.0) < 0.9 * adapter_norm(0.0)

@@ -102,6 +102,7 @@ def test_learner_options_compose_onto_the_preset_and_show_in_the_name() -> None:
     (s,) = parse_strategies(
         "online-drift+lr=1e-3+rank=8+alpha=16+step-tokens=512+docs-per-step=32"
         "+warmup-steps=0+targets=q_proj/v_proj+last-layers=1+optimizer=sgd+precision=fp32"
+        "+weight-decay=0.5"
     )
     assert s.learner == STRATEGIES["online"].replace(
         lr=1e-3,
@@ -114,6 +115,7 @@ def test_learner_options_compose_onto_the_preset_and_show_in_the_name() -> None:
         lora_last_layers=1,
         optimizer="sgd",
         precision="fp32",
+        weight_decay=0.5,
     )
     assert s.policy == POLICY_PRESETS["online-drift"][1]  # the preset's policy is kept
     (off,) = parse_strategies("online+step-tokens=none+last-layers=none")
@@ -148,6 +150,8 @@ def test_learner_flags_apply_where_they_fit_and_a_spec_wins() -> None:
         ("online+lr=-1", None, "--strategy 'online\\+lr=-1': lr=-1: must be a positive number"),
         ("online+lr=fast", None, "lr=fast: 'fast' is not a number"),
         ("online+rank=0", None, "rank=0: must be at least 1"),
+        ("online+weight-decay=-1", None, "weight-decay=-1: must be a number >= 0"),
+        ("static+weight-decay=1", None, "static learns nothing, so weight-decay would do nothing"),
         ("online+step-tokens=many", None, "step-tokens=many: 'many' is not a whole number"),
         ("online+optimizer=adam", None, "optimizer=adam: choose from sgd, adamw"),
         ("online+precision=fp16", None, "precision=fp16: choose from auto, bf16, fp32"),

@@ -54,6 +54,8 @@ class LearnerConfig:
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.lr != self.lr:
             raise ValueError(f"lr must be a positive number, not {self.lr}")
+        if not 0 <= self.weight_decay < float("inf"):
+            raise ValueError(f"weight_decay must be a number >= 0, not {self.weight_decay}")
         if self.max_docs_per_step < 1:
             raise ValueError(f"max_docs_per_step must be at least 1, not {self.max_docs_per_step}")
         if self.step_tokens is not None and self.step_tokens < 1:

@@ -64,6 +64,16 @@ def _positive(value: str) -> float:
     return number
 
 
+def _non_negative(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a number") from None
+    if not 0 <= number < float("inf"):
+        raise ValueError("must be a number >= 0")
+    return number
+
+
 def _at_least(low: int) -> Callable[[str], int]:
     def parse(value: str) -> int:
         try:
@@ -148,6 +158,12 @@ def _policy(parse: Callable[[str], dict[str, Any]], text: str) -> Option:
 OPTIONS: dict[str, Option] = {
     # -- the learner ----------------------------------------------------------------------------
     "lr": _learner("lr", _positive, "peak learning rate"),
+    "weight-decay": _learner(
+        "weight_decay",
+        _non_negative,
+        "decoupled weight decay: each step shrinks the trained weights (LoRA: the adapters, so "
+        "toward the base) by lr x this",
+    ),
     "warmup-steps": _learner("warmup_steps", _at_least(0), "steps of linear learning-rate warm-up"),
     "optimizer": _learner("optimizer", _choice(get_args(Optimizer)), "sgd or adamw"),
     "precision": _learner(
