@@ -239,7 +239,7 @@ def test_packing_fills_rows_without_splitting_or_repeating_a_chunk() -> None:
 
 
 def test_weight_decay_shrinks_the_adapters_toward_the_base(tiny: LoadedModel) -> None:
-    """`--weight-decay`: AdamW's decoupled decay holds the adapters' product nearer zero."""
+    """`--weight-decay`: AdamW's decoupled decay holds the adapters' weights nearer zero."""
     text = "The same story, learned again and again, with and without weight decay."
 
     def adapter_norm(weight_decay: float) -> float:

@@ -54,21 +54,22 @@ def _none_or(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     return lambda value: None if value.lower() in ("none", "off") else parse(value)
 
 
-def _positive(value: str) -> float:
+def _number(value: str) -> float:
     try:
-        number = float(value)
+        return float(value)
     except ValueError:
         raise ValueError(f"{value!r} is not a number") from None
+
+
+def _positive(value: str) -> float:
+    number = _number(value)
     if not 0 < number < float("inf"):
         raise ValueError("must be a positive number")
     return number
 
 
 def _non_negative(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise ValueError(f"{value!r} is not a number") from None
+    number = _number(value)
     if not 0 <= number < float("inf"):
         raise ValueError("must be a number >= 0")
     return number
