@@ -140,7 +140,7 @@ def test_a_refused_candidate_shows_on_the_timeline(tiny_model_dir: Path, tmp_pat
     reckless = TINY_LEARNER.replace(
         update="full", optimizer="sgd", lr=100.0, clip_norm=None, step_tokens=None
     )  # the four documents in one step, one candidate
-    # Unanchored: the default anchor's pull on weights thrown that far is itself non-finite,
+    # Unanchored: an anchor's pull on weights thrown that far is itself non-finite,
     # and those documents are rejected before any candidate reaches the guard.
     settings = tiny_settings(
         tiny_model_dir,

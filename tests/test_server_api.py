@@ -121,7 +121,7 @@ def test_an_in_flight_request_finishes_on_the_version_it_started_with(
 
 def test_serving_scores_equal_the_learners_scores(client: TestClient) -> None:
     runtime = runtime_of(client)
-    learner = runtime.learner.learner  # the default strategy is anchored: a policy learner
+    learner = runtime.learner.learner  # a policy learner, where the strategy has a policy
     assert isinstance(learner, Learner | PolicyLearner)
     texts = [TEXT, "Short.", "A much longer text " * 20]
     expected = learner.score([learner.encode(Document(t)) for t in texts])

@@ -56,24 +56,15 @@ class Strategy:
         return dict(sorted({**self.learner.to_dict(), "policy": self.policy.to_dict()}.items()))
 
 
-# The policy a learner strategy runs with when named alone. `online` is anchored to the base
-# weights (L2-SP at 0.1): on the tuning slices of news, short texts and State of the Union it kept
-# the reference set's loss within +1% (-2.04%, -0.28%, -0.72%) where the plain learner let it
-# rise by up to 2.03%, for 4-11% of the perplexity gain (BENCHMARKS.md, "Sweep").
-# `online+anchor=none` turns it off.
-ANCHORED = AnchorConfig("l2sp", 0.1)
-STRATEGY_POLICIES: dict[str, PolicyConfig] = {"online": PolicyConfig(anchor=ANCHORED)}
-
-# name -> (learner strategy, policy); each policy keeps `online`'s anchor unless it names another.
+# name -> (learner strategy, policy). Each builds on `online`, whose weight decay keeps the
+# adapters near the base weights (its comment in livelm.learner.config); `--anchor` adds a pull
+# toward the base on top of it.
 POLICY_PRESETS: dict[str, tuple[str, PolicyConfig]] = {
     # A quarter of each step replays the reservoir: the whole stream so far, uniformly.
-    "online-replay": ("online", PolicyConfig(replay=0.25, anchor=ANCHORED)),
+    "online-replay": ("online", PolicyConfig(replay=0.25)),
     # Replay the last 500 documents only, the older of them weighing less.
-    "online-window": (
-        "online",
-        PolicyConfig(replay=0.25, window=Span(500), half_life=Span(250), anchor=ANCHORED),
-    ),
-    # Watch the loss; on a drift, restart the warm-up with fresh moments and replay more.
+    "online-window": ("online", PolicyConfig(replay=0.25, window=Span(500), half_life=Span(250))),
+    # Watch the stream; on a drift, restart the warm-up with fresh moments and replay more.
     "online-drift": (
         "online",
         PolicyConfig(
@@ -81,18 +72,14 @@ POLICY_PRESETS: dict[str, tuple[str, PolicyConfig]] = {
             detector=DetectorConfig("adwin"),
             on_drift=("rewarm", "reset", "boost"),
             boost=0.5,
-            anchor=ANCHORED,
         ),
     ),
-    # EWC instead of L2-SP: its Fisher information comes from reference documents.
+    # EWC: a pull toward the base weights, each weighed by its Fisher information, which comes
+    # from reference documents.
     "online-ewc": ("online", PolicyConfig(anchor=AnchorConfig("ewc", 0.1))),
-    # The recommended combination for long streams: anchored, a quarter replayed from the
-    # reservoir (which paid for its 8% of compute with a slightly better perplexity on news),
-    # ADWIN reporting drifts.
-    "online-guarded": (
-        "online",
-        PolicyConfig(replay=0.25, anchor=ANCHORED, detector=DetectorConfig("adwin")),
-    ),
+    # The recommended combination for long streams: a quarter replayed from the reservoir, ADWIN
+    # reporting drifts.
+    "online-guarded": ("online", PolicyConfig(replay=0.25, detector=DetectorConfig("adwin"))),
 }
 
 
@@ -129,7 +116,7 @@ def apply_options(
 
 def _preset(name: str) -> tuple[LearnerConfig, PolicyConfig]:
     if name in STRATEGIES:
-        return STRATEGIES[name], STRATEGY_POLICIES.get(name, PolicyConfig())
+        return STRATEGIES[name], PolicyConfig()
     if name in POLICY_PRESETS:
         learner, policy = POLICY_PRESETS[name]
         return STRATEGIES[learner], policy
