@@ -28,16 +28,15 @@ from livelm.source.corpora import (
     write_moby_dick_stream,
     write_spam_assassin_stream,
 )
-from livelm.source.packages import count_lines, write_jsonl
+from livelm.source.packages import write_stream_once
 from livelm.source.sotu import write_sotu_stream
 
-NEWS = Path(__file__).resolve().parents[2] / "shared" / "data" / "news-huffpost-2018-2022.jsonl"
+ROOT = Path(__file__).resolve().parents[1]
+NEWS = ROOT.parent / "shared" / "data" / "news-huffpost-2018-2022.jsonl"
 
 
 def write_headlines_stream(out_path: Path, cache_dir: Path) -> tuple[Path, int]:
     """Each HuffPost story's headline alone (the first line of its text), in stream order."""
-    if out_path.exists():
-        return out_path, count_lines(out_path)
     if not NEWS.exists():
         raise OSError(f"{NEWS} is missing (../shared/data)")
 
@@ -50,7 +49,7 @@ def write_headlines_stream(out_path: Path, cache_dir: Path) -> tuple[Path, int]:
                     if headline:
                         yield {**story, "text": headline}
 
-    return out_path, write_jsonl(out_path, documents())
+    return write_stream_once(out_path, documents)
 
 
 Writer = Callable[[Path, Path], tuple[Path, int]]

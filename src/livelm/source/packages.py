@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -116,3 +116,13 @@ def write_jsonl(out_path: Path, records: Iterable[dict[str, Any]]) -> int:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return count
+
+
+def write_stream_once(
+    out_path: Path, documents: Callable[[], Iterable[dict[str, Any]]]
+) -> tuple[Path, int]:
+    """A stream writer's shape: keep (and count) `out_path` if it exists, else write
+    `documents()` to it with `write_jsonl`. Returns the path and its document count."""
+    if out_path.exists():
+        return out_path, count_lines(out_path)
+    return out_path, write_jsonl(out_path, documents())

