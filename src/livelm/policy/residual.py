@@ -4,10 +4,13 @@ A learner's loss falls as it learns (its learning curve); a detector on the raw 
 fall, or its flattening, for a drift. The residual removes it:
 
 - The trend is an exponentially weighted mean of the losses with a half-life of `trend`
-  documents (200), never above a fast one (half-life 8). A falling loss drags it down within a
-  few documents, so a learning curve leaves the residual near zero; a rising loss lifts it
-  only slowly, so a new source's jump stays in the residual long enough to be tested. Each
-  residual is taken against the trend before its document joins it.
+  documents (200), never above where a fast one (half-life 8) says the next loss will be. The
+  fast mean trails a steady fall by ~11 documents, so it is carried ahead by its own fall per
+  document (averaged over a half-life of 25; a rise is never carried ahead). A falling loss
+  drags the trend down with it, so a learning curve leaves the residual near zero, however
+  fast it falls; a rising loss lifts it only slowly, so a new source's jump stays in the
+  residual long enough to be tested. Each residual is taken against the trend before its
+  document joins it.
 - The scale is the spread of the losses, estimated from their successive differences (a
   learner's falling loss does not inflate it): `spread()` of the first `warmup` losses, then a
   running version of it (half-life 100 documents, differences clipped at 5 spreads so that a
@@ -36,6 +39,9 @@ from collections.abc import Sequence
 DEFAULT_WARMUP = 50  # losses that set the scale: enough to know it within about 12%
 DEFAULT_TREND = 200  # half-life, in documents, of the trend the residual is taken against
 FAST_ALPHA = 1.0 - 0.5 ** (1 / 8)  # the trend follows a falling loss: half-life 8 documents
+SLOPE_ALPHA = 1.0 - 0.5 ** (1 / 25)  # the fall per document, averaged: half-life 25 documents
+# Documents by which a mean of weight FAST_ALPHA trails a steady fall, plus the one ahead.
+LEAD = (1.0 - FAST_ALPHA) / FAST_ALPHA + 1.0
 SPREAD_ALPHA = 1.0 - 0.5 ** (1 / 100)  # the scale follows a change in the noise: half-life 100
 CLIP = 5.0  # spreads: a successive difference counts toward the scale up to this size
 
@@ -67,7 +73,9 @@ class Residual:
         self.residual = math.nan  # the newest loss minus `level` (nats)
         self.recent = 0.0  # the residual, in spreads, over the last few tested documents
         self._slow = 0.0  # the trend: the losses' mean with a half-life of `trend` documents,
-        self._fast = 0.0  # held under this one, with a half-life of 8
+        self._fast = 0.0  # held under this one, with a half-life of 8,
+        self._slope = 0.0  # carried ahead by the fast mean's fall per document (never a rise):
+        self._ahead = 0.0  # where a steadily falling loss will be at the next document
         self._n = 0  # losses in the trend since the start or the last restart
         self._warming: list[float] | None = []  # the warm-up's losses; None once it is over
         self._history: list[float] = []
@@ -80,12 +88,13 @@ class Residual:
         with a new level, it would draw the change's trace in the residual out into a slow
         fade, which reads as a second change, the other way, some hundred documents later."""
         self._n = 0
+        self._slope = 0.0
         self.recent = 0.0
 
     @property
     def standing(self) -> float:
         """How far the loss now stands above its trend, in spreads (the fast mean over it)."""
-        return (self._fast - self._slow) / self.scale if self.scale else 0.0
+        return (self._ahead - self._slow) / self.scale if self.scale else 0.0
 
     def update(self, x: float) -> float | None:
         """The residual of `x` in spreads, or None while the warm-up lasts."""
@@ -122,8 +131,12 @@ class Residual:
         self._n += 1
         slow = self._alpha if self._n > self.warmup else max(self._alpha, 1.0 / self._n)
         self._slow += slow * (x - self._slow)
+        fast = self._fast
         self._fast += max(FAST_ALPHA, 1.0 / self._n) * (x - self._fast)
-        self._slow = min(self._slow, self._fast)
+        if self._n > 1:
+            self._slope += SLOPE_ALPHA * (self._fast - fast - self._slope)
+        self._ahead = self._fast + min(self._slope, 0.0) * LEAD
+        self._slow = min(self._slow, self._ahead)
 
     def _track_spread(self, x: float) -> None:
         """`spread()` as a running estimate, weighted like the trend: it is `spread()` of the
