@@ -18,24 +18,15 @@ import argparse
 import json
 import statistics
 import subprocess
-import sys
 from pathlib import Path
 
 from livelm.policy.drift import DetectorConfig
+from sweep import ROOT, TUNE_START, lines, stream_path
 
-ROOT = Path(__file__).resolve().parents[1]
-NEWS = ROOT.parent / "shared" / "data" / "news-huffpost-2018-2022.jsonl"
-STREAMS = ROOT / "data" / "streams"
 BEFORE, AFTER = 300, 100
-# Where each source's documents start: its tuning slice (sweep.py's TUNE_START; the book has
-# 679 segments, its benchmark slice the first 300).
-SOURCES = {
-    "news": (NEWS, 4000),
-    "short": (STREAMS / "short.jsonl", 4000),
-    "sotu": (STREAMS / "sotu.jsonl", 4000),
-    "headlines": (STREAMS / "headlines.jsonl", 4000),
-    "book": (STREAMS / "book.jsonl", 400),
-}
+# Where each source's documents start: its tuning slice, past the benchmark's; the book has
+# only 679 segments, its benchmark slice the first 300.
+STARTS = {"book": 400}
 SWITCHES = (
     ("news", "short"),
     ("sotu", "news"),
@@ -47,15 +38,9 @@ DETECTORS = ("adwin", "page-hinkley", "kswin")
 
 
 def documents(source: str, n: int) -> list[str]:
-    path, start = SOURCES[source]
-    if not path.exists():
-        sys.exit(f"switches: {path} is missing: run benchmarks/streams.py --out {STREAMS}")
-    with path.open() as f:
-        lines = [line for line in f if line.strip()][start : start + n]
-    return [
-        json.dumps({"id": json.loads(line)["id"], "text": json.loads(line)["text"]}) + "\n"
-        for line in lines
-    ]
+    start = STARTS.get(source, TUNE_START)
+    docs = [json.loads(line) for line in lines(stream_path(source))[start : start + n]]
+    return [json.dumps({"id": d["id"], "text": d["text"]}) + "\n" for d in docs]
 
 
 def replayed(first: str, second: str, out: Path, reuse: bool) -> Path:

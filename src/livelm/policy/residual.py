@@ -73,9 +73,8 @@ class Residual:
         self.residual = math.nan  # the newest loss minus `level` (nats)
         self.recent = 0.0  # the residual, in spreads, over the last few tested documents
         self._slow = 0.0  # the trend: the losses' mean with a half-life of `trend` documents,
-        self._fast = 0.0  # held under this one, with a half-life of 8,
-        self._slope = 0.0  # carried ahead by the fast mean's fall per document (never a rise):
-        self._ahead = 0.0  # where a steadily falling loss will be at the next document
+        self._fast = 0.0  # held under this one, with a half-life of 8, carried ahead (`_ahead`)
+        self._slope = 0.0  # by the fast mean's change per document, averaged
         self._n = 0  # losses in the trend since the start or the last restart
         self._warming: list[float] | None = []  # the warm-up's losses; None once it is over
         self._history: list[float] = []
@@ -93,8 +92,15 @@ class Residual:
 
     @property
     def standing(self) -> float:
-        """How far the loss now stands above its trend, in spreads (the fast mean over it)."""
+        """How far the loss now stands above its trend, in spreads (the fast mean, carried
+        ahead, over it)."""
         return (self._ahead - self._slow) / self.scale if self.scale else 0.0
+
+    @property
+    def _ahead(self) -> float:
+        """Where the fast mean says the next loss will be: carried ahead by its fall, never by
+        a rise."""
+        return self._fast + min(self._slope, 0.0) * LEAD
 
     def update(self, x: float) -> float | None:
         """The residual of `x` in spreads, or None while the warm-up lasts."""
@@ -135,7 +141,6 @@ class Residual:
         self._fast += max(FAST_ALPHA, 1.0 / self._n) * (x - self._fast)
         if self._n > 1:
             self._slope += SLOPE_ALPHA * (self._fast - fast - self._slope)
-        self._ahead = self._fast + min(self._slope, 0.0) * LEAD
         self._slow = min(self._slow, self._ahead)
 
     def _track_spread(self, x: float) -> None:
