@@ -30,9 +30,7 @@ from livelm.learner.prequential import batches
 from livelm.model import load_model
 from livelm.replay import ReplayOptions, parse_strategies, run_replay
 from livelm.source.files import read_stream
-
-ROOT = Path(__file__).resolve().parents[1]
-NEWS = ROOT.parent / "shared" / "data" / "news-huffpost-2018-2022.jsonl"
+from paths import NEWS, ROOT
 
 
 def matmul_rate(dtype: torch.dtype, n: int = 2048, repeats: int = 20) -> float:

@@ -41,9 +41,8 @@ from livelm.model import cache_root, load_model
 from livelm.policy import DetectorConfig, Strategy, parse_strategies
 from livelm.replay import ReplayOptions, run_replay
 from livelm.source.sotu import write_sotu_stream
+from paths import NEWS, ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-NEWS = ROOT.parent / "shared" / "data" / "news-huffpost-2018-2022.jsonl"
 BASELINES = ("static", "seed", "online")
 
 

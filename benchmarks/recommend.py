@@ -69,9 +69,8 @@ from livelm.policy import build_learner, core_learner, parse_strategy
 from livelm.recommend import Ranker, RecommendLimits, Scorer, Signals, TextStats, parse_method
 from livelm.server.versions import serving_copy
 from livelm.source.files import read_stream
+from paths import NEWS, ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-NEWS = ROOT.parent / "shared" / "data" / "news-huffpost-2018-2022.jsonl"
 PROTOCOLS = {"author": "authors", "category": "category"}
 # Rows of the tables: (label, model, method). `tfidf` and `random` need no model.
 ROWS: tuple[tuple[str, str | None, str], ...] = (

@@ -32,11 +32,12 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
+from paths import ROOT
+
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.serve import ms, news, quantile, tiny_model  # noqa: E402
-from tests.redis_util import redis_server  # noqa: E402
+from benchmarks.serve import ms, news, quantile, tiny_model
+from tests.redis_util import redis_server
 
 LIVELM = [sys.executable, "-m", "livelm"]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]

@@ -52,8 +52,8 @@ from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-NEWS = ROOT.parent / "shared" / "data" / "news-huffpost-2018-2022.jsonl"
+from paths import NEWS, ROOT
+
 SERVE = [sys.executable, "-m", "livelm", "serve"]
 _URL = re.compile(r"livelm serve: (http://\S+) ")
 PROMPT = "The city council met on Tuesday to discuss the new park, and"

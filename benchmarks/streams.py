@@ -30,9 +30,7 @@ from livelm.source.corpora import (
 )
 from livelm.source.packages import write_stream_once
 from livelm.source.sotu import write_sotu_stream
-
-ROOT = Path(__file__).resolve().parents[1]
-NEWS = ROOT.parent / "shared" / "data" / "news-huffpost-2018-2022.jsonl"
+from paths import NEWS
 
 
 def write_headlines_stream(out_path: Path, cache_dir: Path) -> tuple[Path, int]:

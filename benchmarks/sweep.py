@@ -33,8 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-NEWS = ROOT.parent / "shared" / "data" / "news-huffpost-2018-2022.jsonl"
+from paths import NEWS, ROOT
+
 STREAMS_DIR = ROOT / "data" / "streams"
 # Where the tuning slice of each stream starts: past any 3,000-document benchmark slice.
 TUNE_START = 4000

@@ -25,8 +25,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from livelm.model import load_model
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def by_hand(path: Path, texts: list[str], learn: bool) -> tuple[float, int]:
     """Token-weighted mean loss of the documents, read in order, with or without SGD steps."""
