@@ -255,7 +255,7 @@ def test_weight_decay_shrinks_the_adapters_toward_the_base(tiny: LoadedModel) ->
 def test_a_rewarm_ramps_the_lr_even_where_the_learner_starts_without_a_warm_up(
     tiny: LoadedModel,
 ) -> None:
-    online = learner(tiny, "online", warmup_steps=0, **FP32)
+    online = learner(tiny, "online", warmup_steps=0, lr_decay_steps=None, **FP32)
     doc = online.encode(Document("The first steps of a stream run at the peak learning rate."))
     assert online.current_lr() == online.config.lr
     online.step([doc])
@@ -266,6 +266,23 @@ def test_a_rewarm_ramps_the_lr_even_where_the_learner_starts_without_a_warm_up(
         ramp.append(online.current_lr())
     assert ramp[0] == pytest.approx(online.config.lr / REWARM_STEPS)
     assert ramp == sorted(ramp) and ramp[-2] == ramp[-1] == online.config.lr
-    warmed = learner(tiny, "online", warmup_steps=4, **FP32)
+    warmed = learner(tiny, "online", warmup_steps=4, lr_decay_steps=None, **FP32)
     warmed.rewarm()  # a learner with its own warm-up re-warms over it
     assert warmed.current_lr() == pytest.approx(warmed.config.lr / 4)
+
+
+def test_a_decaying_lr_falls_with_the_steps_to_its_floor_and_a_rewarm_restarts_it(
+    tiny: LoadedModel,
+) -> None:
+    """`--lr-decay-steps`: lr x 1/sqrt(1 + t/T) over the steps t, never under the floor."""
+    online = learner(tiny, "online", warmup_steps=0, lr_decay_steps=2, lr_floor=0.5, **FP32)
+    doc = online.encode(Document("A long stream of one source wants a longer memory."))
+    peak = online.config.lr
+    used = [online.step([doc]).lr for _ in range(8)]
+    expected = [peak * max(0.5, (1 + t / 2) ** -0.5) for t in range(8)]
+    assert used == pytest.approx(expected)
+    assert used[0] == peak and used[-1] == used[-2] == peak * 0.5  # the floor
+    online.rewarm()  # a drift: the ramp, then the fall again from the peak
+    ramp = [online.step([doc]).lr for _ in range(3)]
+    restarted = [peak * (t + 1) / REWARM_STEPS * max(0.5, (1 + t / 2) ** -0.5) for t in range(3)]
+    assert ramp == pytest.approx(restarted)

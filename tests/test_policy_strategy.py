@@ -102,7 +102,7 @@ def test_learner_options_compose_onto_the_preset_and_show_in_the_name() -> None:
     (s,) = parse_strategies(
         "online-drift+lr=1e-3+rank=8+alpha=16+step-tokens=512+docs-per-step=32"
         "+warmup-steps=0+targets=q_proj/v_proj+last-layers=1+optimizer=sgd+precision=fp32"
-        "+weight-decay=0.5"
+        "+weight-decay=0.5+lr-decay-steps=50+lr-floor=0.5"
     )
     assert s.learner == STRATEGIES["online"].replace(
         lr=1e-3,
@@ -116,10 +116,12 @@ def test_learner_options_compose_onto_the_preset_and_show_in_the_name() -> None:
         optimizer="sgd",
         precision="fp32",
         weight_decay=0.5,
+        lr_decay_steps=50,
+        lr_floor=0.5,
     )
     assert s.policy == POLICY_PRESETS["online-drift"][1]  # the preset's policy is kept
-    (off,) = parse_strategies("online+step-tokens=none+last-layers=none")
-    assert off.learner == STRATEGIES["online"].replace(step_tokens=None)
+    (off,) = parse_strategies("online+step-tokens=none+last-layers=none+lr-decay-steps=none")
+    assert off.learner == STRATEGIES["online"].replace(step_tokens=None, lr_decay_steps=None)
 
 
 def test_learner_flags_apply_where_they_fit_and_a_spec_wins() -> None:

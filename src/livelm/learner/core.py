@@ -175,13 +175,16 @@ class Learner:
         """The peak lr, ramped linearly over `warmup_steps` from the start and over as many
         (`REWARM_STEPS` where the learner starts without a warm-up) after each `rewarm`: at the
         start the adapters hold nothing yet, while after a drift or a rollback they hold what was
-        learned, and fresh Adam moments would take full-size steps on it."""
+        learned, and fresh Adam moments would take full-size steps on it. With `lr_decay_steps`
+        set, it then falls with the steps since the start or the last rewarm (a drift makes the
+        learner quick again), down to `lr_floor` of the peak."""
         c = self.config
         length = c.warmup_steps if self.rewarms == 0 else c.warmup_steps or REWARM_STEPS
-        if length == 0:
-            return c.lr
         progress = self.steps - self._warmup_start + 1
-        return c.lr * min(1.0, progress / length)
+        lr = c.lr if length == 0 else c.lr * min(1.0, progress / length)
+        if c.lr_decay_steps is not None:
+            lr *= max(c.lr_floor, (1 + (progress - 1) / c.lr_decay_steps) ** -0.5)
+        return lr
 
     # -- scoring and learning -----------------------------------------------------------------
 

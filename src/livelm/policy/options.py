@@ -165,6 +165,14 @@ OPTIONS: dict[str, Option] = {
         "decoupled weight decay: each step shrinks the trained weights (LoRA: the adapters, so "
         "toward the base) by lr x this",
     ),
+    "lr-decay-steps": _learner(
+        "lr_decay_steps",
+        _none_or(_at_least(1)),
+        "the lr falls as 1/sqrt(1 + steps/this) from the start or the last rewarm; none: constant",
+    ),
+    "lr-floor": _learner(
+        "lr_floor", _positive, "the falling lr never goes under this fraction of its peak"
+    ),
     "warmup-steps": _learner("warmup_steps", _at_least(0), "steps of linear learning-rate warm-up"),
     "optimizer": _learner("optimizer", _choice(get_args(Optimizer)), "sgd or adamw"),
     "precision": _learner(
