@@ -304,6 +304,7 @@ def test_benchmark_command_writes_and_describes_a_stream(
 ) -> None:
     monkeypatch.setenv("LIVELM_CACHE", str(tmp_path / "livelm"))  # no tokenizer: characters/4
     script = Path(__file__).parents[1] / "benchmarks" / "streams.py"
+    monkeypatch.syspath_prepend(script.parent)  # as when run: its folder first on the path
     spec = importlib.util.spec_from_file_location("streams_benchmark", script)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
