@@ -122,10 +122,10 @@ STRATEGIES: dict[str, LearnerConfig] = {
     # gain keeps growing). The lr then falls as 1/sqrt(1 + steps/300), to a floor of a quarter
     # (1.5e-4, after 4,500 steps): under weight decay the adapters remember ~1/(lr x 10) steps,
     # and a long stream of one source pays for a memory that grows (State of the Union's tuning
-    # slice: 2% lower perplexity by its 1,000th step). A `rewarm` after a drift ramps the lr
-    # again and restarts its fall (`Learner.current_lr`). Chosen on the tuning slices of State
-    # of the Union, news, short texts, headlines and long emails, never a benchmark's slice
-    # (BENCHMARKS.md, "Sweep").
+    # slice: 1.4% lower perplexity over 1,500 paragraphs, 3% over the last 500; it costs up to
+    # 1.3% over the first 250). A `rewarm` after a drift ramps the lr again and restarts its
+    # fall (`Learner.current_lr`). Chosen on the tuning slices of State of the Union, news,
+    # short texts, headlines and long emails, never a benchmark's slice (BENCHMARKS.md, "Sweep").
     "online": LearnerConfig(
         lr=6e-4,
         weight_decay=10.0,
