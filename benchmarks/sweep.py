@@ -84,7 +84,13 @@ def reference(out: Path) -> Path:
 
 
 def run(
-    stream: Path, strategies: list[str], docs: int, ref: Path, out: Path, side_by_side: bool
+    stream: Path,
+    strategies: list[str],
+    docs: int,
+    ref: Path,
+    out: Path,
+    side_by_side: bool,
+    reference_every: int = 0,
 ) -> dict[str, Any]:
     command = [
         str(ROOT / ".venv" / "bin" / "livelm"),
@@ -96,6 +102,8 @@ def run(
         str(docs),
         "--reference",
         str(ref),
+        "--reference-every",
+        str(reference_every),
         "--out",
         str(out),
         "--quiet",
@@ -117,8 +125,9 @@ def table(name: str, docs: int, where: str, metrics: dict[str, Any]) -> str:
     static, seed = rows.get("static"), rows.get("seed")
     head = (
         f"{name}, {where} slice, {metrics['docs']} documents, {metrics['tokens']} tokens\n\n"
-        "| strategy | perplexity | vs static | vs seed | tokens/s | vs seed | reference change |\n"
-        "|---|---|---|---|---|---|---|\n"
+        "| strategy | perplexity | vs static | vs seed | tokens/s | vs seed | reference change "
+        "| along the run: mean, highest |\n"
+        "|---|---|---|---|---|---|---|---|\n"
     )
     body = []
 
@@ -128,10 +137,12 @@ def table(name: str, docs: int, where: str, metrics: dict[str, Any]) -> str:
     for strategy, r in rows.items():
         before, after = r.get("reference_loss_before"), r.get("reference_loss_after")
         change = f"{100 * (after / before - 1):+.2f}%" if before and after else "-"
+        along = [100 * (loss / before - 1) for _, loss in r.get("reference_curve") or [] if loss]
+        curve = f"{sum(along) / len(along):+.2f}%, {max(along):+.2f}%" if along and before else "-"
         body.append(
             f"| {strategy} | {r['perplexity']:.2f} | {ratio(r['perplexity'], static, 'perplexity')}"
             f" | {ratio(r['perplexity'], seed, 'perplexity')} | {r['tokens_per_second']:.0f} | "
-            f"{ratio(r['tokens_per_second'], seed, 'tokens_per_second')} | {change} |"
+            f"{ratio(r['tokens_per_second'], seed, 'tokens_per_second')} | {change} | {curve} |"
         )
     return head + "\n".join(body) + "\n"
 
@@ -151,6 +162,14 @@ def main() -> None:
         action="store_true",
         help="feed the slice on stdin, so that the strategies take each document in turn and "
         "anything else on the machine slows them alike (tokens/s ratios hold)",
+    )
+    parser.add_argument(
+        "--reference-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="score the reference set every N documents too: the table gives the mean and the "
+        "highest change along the run beside the change at its end",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "sweep")
     args = parser.parse_args()
@@ -176,6 +195,7 @@ def main() -> None:
             ref,
             args.out / f"{key}-{int(time.time())}",
             args.side_by_side,
+            args.reference_every,
         )
         found = {k: v for k, v in metrics["strategies"].items() if k in BASELINES}
         if found:

@@ -258,3 +258,35 @@ def test_a_bad_learner_option_is_one_line_naming_it(
     assert code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
+
+
+def test_reference_every_records_forgetting_along_the_stream(
+    tmp_path: Path, tiny_model_dir: Path, news_lines: list[str]
+) -> None:
+    """`--reference-every N`: the reference set is scored each time the documents read pass a
+    multiple of N, into metrics.json's `reference_curve`; a static learner's curve is its
+    reading before, a learner's moves, and its last point is the reading after."""
+    stream = write_stream(tmp_path / "news.jsonl", news_lines * 3)
+    reference = write_stream(tmp_path / "ref.jsonl", news_lines[:3])
+    out = tmp_path / "out"
+    argv = ["replay", str(stream), "--model", str(tiny_model_dir), "--out", str(out)]
+    argv += ["--strategy", "static,online+docs-per-step=2+step-tokens=none"]
+    argv += ["--reference", str(reference), "--reference-every", "6", "--max-docs", "20"]
+    assert main([*argv, "--quiet"]) == 0
+    strategies = json.loads((out / "metrics.json").read_text())["strategies"]
+    static, online = strategies["static"], strategies["online+docs-per-step=2+step-tokens=none"]
+    assert static["reference_curve"] == [[20, static["reference_loss_before"]]]
+    # Two documents a step: the readings come at the first step past 6, 12 and 18 documents.
+    assert [docs for docs, _ in online["reference_curve"]] == [6, 12, 18]
+    losses = [loss for _, loss in online["reference_curve"]]
+    assert len(set(losses)) == 3 and online["reference_loss_before"] not in losses
+    assert all(math.isfinite(x) for x in losses)
+
+
+def test_reference_every_needs_a_reference(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stream = write_stream(tmp_path / "news.jsonl", ["one document"])
+    code = main(["replay", str(stream), "--reference-every", "10", "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert "--reference-every: name the documents with --reference" in capsys.readouterr().err

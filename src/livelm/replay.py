@@ -70,6 +70,9 @@ class ReplayOptions:
     max_docs: int | None = None
     every: int = 1  # keep every n-th document: a thinned stream that still spans its whole time
     reference: str | None = None
+    # Score the reference set every this many documents too, not only before and after: a
+    # learner's forgetting moves with its last steps, and one reading at the end is one draw.
+    reference_every: int = 0
     fisher: str | None = None  # EWC's documents; the reference documents when not given
     fmt: StreamFormat = "auto"
     skip_bad: bool = False
@@ -93,6 +96,10 @@ class ReplayOptions:
             raise ValueError("--surprise-window and the top count must be at least 1")
         if self.recent_docs < 1:
             raise ValueError(f"--recent-docs must be at least 1, not {self.recent_docs}")
+        if self.reference_every < 0:
+            raise ValueError(f"--reference-every must be 0 or more, not {self.reference_every}")
+        if self.reference_every and self.reference is None:
+            raise ValueError("--reference-every: name the documents with --reference")
         if self.report_every < 0:
             raise ValueError(
                 f"--report-every must be 0 (at the end only) or more, not {self.report_every}"
@@ -139,6 +146,7 @@ class ReplayOptions:
             "max_docs": self.max_docs,
             "every": self.every,
             "reference": self.reference,
+            "reference_every": self.reference_every,
             "fisher": self.fisher,
             "format": self.fmt,
             "skip_bad": self.skip_bad,

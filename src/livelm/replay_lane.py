@@ -62,6 +62,9 @@ class Lane:
         self.tokenizer = base.tokenizer
         self.before = reference_loss(self.learner, reference) if reference else None
         self.after: float | None = None
+        # (documents read, reference loss) every `options.reference_every` documents
+        self.curve: list[tuple[int, float]] = []
+        self.measuring_s = 0.0  # scoring the reference along the way (not the strategy's time)
         self.stepper = PolicyLearner(self.learner, strategy.policy, reference=fisher)
         self.top = TopSurprises(options.surprise_window, options.surprise_top)
         self.tally = Tally()
@@ -89,7 +92,13 @@ class Lane:
         report = self.stepper.step(batch)
         for i, (encoded, score) in enumerate(zip(batch, report.scores, strict=True)):
             self.top.add(self.tally.docs + i, encoded.doc, score.loss, score.surprise)
+        before = self.tally.docs
         self.tally.add(report)
+        every = self.options.reference_every
+        if every and self.reference and before // every < self.tally.docs // every:
+            started = time.perf_counter()
+            self.curve.append((self.tally.docs, reference_loss(self.learner, self.reference)))
+            self.measuring_s += time.perf_counter() - started
         if self.on_step is not None:
             self.on_step(self.strategy.name, report, self.tally)
 
@@ -104,12 +113,14 @@ class Lane:
 
     def result(self, status: str) -> StrategyResult:
         seconds = self.busy_s if self.options.side_by_side else self.tally.seconds - self.paused_s
+        seconds -= self.measuring_s
         return StrategyResult(
             self.strategy.name,
             self.tally,
             self.strategy.to_dict(),
             self.before,
             self.after,
+            reference_curve=list(self.curve),
             drift_events=[e.index for e in self.stepper.drift_events],
             drift=[e.to_dict() for e in self.stepper.drift_events],
             policy_stats={

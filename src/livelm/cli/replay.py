@@ -46,6 +46,15 @@ def add_replay_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--reference", default=None, help="fixed documents scored before and after the stream"
     )
     p.add_argument(
+        "--reference-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="score the --reference documents every N documents too (metrics.json's "
+        "reference_curve; not counted in tokens/s): forgetting moves with the last steps, and "
+        "the reading at the end is one draw of it; 0: before and after only",
+    )
+    p.add_argument(
         "--fisher", default=None, help="EWC's documents (default: the --reference documents)"
     )
     p.add_argument(
@@ -252,6 +261,7 @@ def run_replay_command(args: argparse.Namespace, argv: Sequence[str]) -> None:
         max_docs=args.max_docs,
         every=args.every,
         reference=args.reference,
+        reference_every=args.reference_every,
         fisher=args.fisher,
         fmt=args.fmt,
         skip_bad=args.skip_bad,

@@ -21,6 +21,8 @@ class StrategyResult:
     config: dict[str, Any]
     reference_loss_before: float | None = None
     reference_loss_after: float | None = None
+    # (documents read, reference loss) along the stream, with `--reference-every`
+    reference_curve: list[tuple[int, float]] = field(default_factory=list)
     drift_events: list[int] = field(default_factory=list)  # the stream index of each drift
     drift: list[dict[str, Any]] = field(default_factory=list)  # each drift event in full
     policy_stats: dict[str, Any] = field(default_factory=dict)  # counts: replayed docs, ...
@@ -42,6 +44,7 @@ class StrategyResult:
             "tokens_per_second": round(t.tokens / seconds, 2) if seconds > 0 else 0.0,
             "reference_loss_before": _finite(self.reference_loss_before),
             "reference_loss_after": _finite(self.reference_loss_after),
+            "reference_curve": [[docs, _finite(loss)] for docs, loss in self.reference_curve],
             "drift_events": list(self.drift_events),
             "drift": list(self.drift),
             **self.policy_stats,
